@@ -1,0 +1,57 @@
+# stsnb: `make book` and `make test` each work on a fresh clone (the first run builds .venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stsnb-installed
+
+COHORT_DIR ?= data/synthetic
+WORK_DIR ?= work
+PROFILE ?= auto
+SEED ?= 0
+PATIENTS ?= 72
+
+.PHONY: env data book run lab test lint check-notebooks clean
+
+env: $(STAMP)
+
+# torch/torchvision first, as an exact pair (they install offline on the reference machines),
+# then the package with every other pinned dependency from pyproject.toml.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## The embedded synthetic cohort (72 screened patients); kept when already generated.
+data: env
+	$(PY) -m stsnb synth --out data/synthetic --patients $(PATIENTS) --seed $(SEED)
+
+## Everything: environment, synthetic cohort (default cohort only), all chapters, HTML book.
+book: env
+	@if [ "$(COHORT_DIR)" = "data/synthetic" ]; then $(MAKE) --no-print-directory data; fi
+	$(PY) -m stsnb book --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
+	    --profile $(PROFILE) --seed $(SEED)
+
+## Execute the chapters without building the book.
+run: env
+	$(PY) -m stsnb run --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
+	    --profile $(PROFILE) --seed $(SEED)
+
+## JupyterLab on the notebooks, with the project's environment.
+lab: env
+	$(VENV)/bin/jupyter lab notebooks/
+
+lint: env
+	$(VENV)/bin/ruff check stsnb tests notebooks benchmarks
+
+check-notebooks: env
+	$(PY) -m stsnb.nbcheck notebooks
+
+## The test suite: lint, notebook hygiene, then pytest.
+test: env lint check-notebooks
+	$(PY) -m pytest
+
+clean:
+	rm -rf _build book/generated

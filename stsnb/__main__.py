@@ -1,0 +1,112 @@
+"""Command line: `python -m stsnb synth|curate|run|book ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import StsnbError
+from .store import write_json_atomic
+
+#: Written after a complete generation: (patients, seed, version) of the cohort in the folder.
+SYNTH_STAMP = ".stsnb-synth.json"
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from .synth import make_synthetic_cohort
+
+    out = Path(args.out)
+    stamp = out / SYNTH_STAMP
+    wanted = {"patients": args.patients, "seed": args.seed, "version": __version__}
+    if not args.force and stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        print(f"[stsnb] synthetic cohort already in {out} (same patients and seed): kept")
+        return
+    started = time.perf_counter()
+    table = make_synthetic_cohort(out, n_patients=args.patients, seed=args.seed,
+                                  progress=not args.quiet)
+    seconds = time.perf_counter() - started
+    write_json_atomic(stamp, wanted)
+    print(f"[stsnb] synthetic cohort: {len(table)} screened patients in {out} ({seconds:.1f} s)")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .book import CHAPTERS, run_chapters
+
+    chapters = tuple(args.chapters) if args.chapters else CHAPTERS
+    run_chapters(args.cohort_dir, args.work_dir, args.profile, args.seed, chapters)
+
+
+def _book(args: argparse.Namespace) -> None:
+    from .book import build_book
+
+    if not args.build_only:
+        _run(args)
+    index = build_book(args.work_dir)
+    print(f"[stsnb] book built: {index}")
+
+
+def _curate(args: argparse.Namespace) -> None:
+    from .config import resolve_profile
+    from .curation import run_curation
+
+    result = run_curation(args.cohort_dir, args.work_dir, resolve_profile(args.profile),
+                          seed=args.seed, min_followup_months=args.min_followup_months)
+    included = int(result.cohort["included"].sum())
+    print(f"[stsnb] curated: {len(result.cohort)} screened, {included} included")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cohort-dir", default="data/synthetic", help="cohort folder")
+    parser.add_argument("--work-dir", default="work", help="work folder for all outputs")
+    parser.add_argument("--profile", default="auto", choices=["auto", "smoke", "quick", "paper"])
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(prog="python -m stsnb", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write the synthetic multimodal STS cohort")
+    synth.add_argument("--out", required=True, help="cohort folder to write")
+    synth.add_argument("--patients", type=int, default=72, help="screened patients (72)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    synth.add_argument("--force", action="store_true", help="regenerate even if present")
+    synth.set_defaults(func=_synth)
+
+    curate = sub.add_parser("curate", help="check the inclusion criteria, write cohort.csv")
+    _add_run_arguments(curate)
+    curate.add_argument("--min-followup-months", type=float, default=0.0)
+    curate.set_defaults(func=_curate)
+
+    run = sub.add_parser("run", help="execute the chapters with papermill")
+    _add_run_arguments(run)
+    run.add_argument("--chapters", nargs="*", help="notebook names (default: all, in order)")
+    run.set_defaults(func=_run)
+
+    book = sub.add_parser("book", help="execute the chapters, then build the HTML book")
+    _add_run_arguments(book)
+    book.add_argument("--chapters", nargs="*", help="notebook names (default: all, in order)")
+    book.add_argument("--build-only", action="store_true", help="only build from executed ones")
+    book.set_defaults(func=_book)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors of the suite print one clear line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except StsnbError as exc:
+        print(f"stsnb: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

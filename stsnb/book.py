@@ -1,0 +1,197 @@
+"""Run first, publish second: execute the chapters with papermill, then build the Jupyter Book.
+
+The default work dir (`work/` in the checkout) publishes into the checkout itself
+(`book/generated/`, `_build/html`). Any other work dir gets its own book source under
+`<work_dir>/jupyter_book/`, so two cohorts never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pandas as pd
+
+from .errors import StsnbError
+from .manifest import manifest_table, read_manifest
+from .notebook import markdown_table
+from .store import atomic_path, ensure_writable_dir, record_timing, write_text_atomic
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: The chapters in book order (later chapters are appended as they exist).
+CHAPTERS: tuple[str, ...] = ("01_data_curation",)
+BOOK_FILES = ("_config.yml", "_toc.yml")
+#: Cell tags that keep papermill's injected cell and the default parameters out of the book.
+HIDDEN_TAGS = {"injected-parameters": "remove-cell", "parameters": "remove-cell"}
+
+
+def default_work_dir() -> Path:
+    """`work/` in the checkout."""
+    return REPO_ROOT / "work"
+
+
+def book_root(work_dir: str | Path) -> Path:
+    """Where the book's source lives for this work dir (the checkout for the default one)."""
+    work_dir = Path(work_dir).resolve()
+    if work_dir == default_work_dir().resolve():
+        return REPO_ROOT
+    return work_dir / "jupyter_book"
+
+
+def prepare_book_root(root: Path) -> Path:
+    """Copy the static book files into `root` (a no-op for the checkout); return generated/."""
+    if root != REPO_ROOT:
+        root.mkdir(parents=True, exist_ok=True)
+        for name in BOOK_FILES:
+            shutil.copy2(REPO_ROOT / name, root / name)
+        for path in (REPO_ROOT / "book").rglob("*"):
+            rel = path.relative_to(REPO_ROOT)
+            if path.is_file() and "generated" not in rel.parts:
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, root / rel)
+    generated = root / "book" / "generated"
+    generated.mkdir(parents=True, exist_ok=True)
+    return generated
+
+
+def hide_parameter_cells(path: Path) -> None:
+    """Tag papermill's injected cell and the defaults cell so the book leaves them out."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        extra = [HIDDEN_TAGS[t] for t in tags if t in HIDDEN_TAGS]
+        if extra:
+            cell["metadata"]["tags"] = sorted(set(tags) | set(extra))
+    with atomic_path(path) as tmp:
+        nbformat.write(nb, tmp)
+
+
+def execute_chapter(
+    name: str,
+    out_dir: Path,
+    parameters: dict[str, Any],
+    work_dir: Path,
+    stage_name: str | None = None,
+) -> Path:
+    """Execute `notebooks/<name>.ipynb` with papermill into `out_dir`; return the output path.
+
+    The notebook runs into a temporary file that replaces the output only on success; a failure
+    leaves the executed notebook, error included, at the output path and raises a StsnbError
+    naming the notebook and the failing cell.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not source.exists():
+        raise StsnbError(f"Notebook {source.name} not found in notebooks/.")
+    out_name = f"{stage_name or name}.ipynb"
+    target = out_dir / out_name
+    tmp = out_dir / f".{out_name}.running"
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(tmp),
+            parameters=parameters,
+            cwd=str(NOTEBOOK_DIR),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    except PapermillExecutionError as exc:
+        os.replace(tmp, target)
+        raise StsnbError(
+            f"Notebook {source.name} ({stage_name or name}) failed in cell {exc.exec_count} "
+            f"with {exc.ename}: {exc.evalue}. The executed notebook with the error is at "
+            f"{target}."
+        ) from exc
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    os.replace(tmp, target)
+    hide_parameter_cells(target)
+    record_timing(work_dir, f"chapter {stage_name or name}", time.perf_counter() - started)
+    return target
+
+
+def run_chapters(
+    cohort_dir: str | Path,
+    work_dir: str | Path,
+    profile: str = "auto",
+    seed: int = 0,
+    chapters: tuple[str, ...] = CHAPTERS,
+) -> list[Path]:
+    """Execute each chapter in order for one cohort and work dir; return the executed notebooks."""
+    work_dir = ensure_writable_dir(Path(work_dir).resolve())
+    generated = prepare_book_root(book_root(work_dir))
+    parameters = {
+        "cohort_dir": str(Path(cohort_dir).resolve()),
+        "work_dir": str(work_dir),
+        "profile": profile,
+        "seed": int(seed),
+    }
+    outputs = []
+    for name in chapters:
+        print(f"[stsnb] executing {name} -> {generated / (name + '.ipynb')}", flush=True)
+        outputs.append(execute_chapter(name, generated, parameters, work_dir))
+    return outputs
+
+
+def run_summary_markdown(work_dir: str | Path) -> str:
+    """The book's first-page block: the run manifest and the time of each stage."""
+    work_dir = Path(work_dir)
+    manifest = read_manifest(work_dir)
+    lines = ["## This build", ""]
+    if not manifest:
+        lines.append("No run manifest was found: the chapters have not been executed.")
+        return "\n".join(lines) + "\n"
+    lines += [
+        f"Profile **{manifest.get('profile', '?')}**, seed {manifest.get('seed', '?')}, "
+        f"cohort `{manifest.get('cohort_dir', '?')}`.",
+        "",
+    ]
+    weights = manifest.get("weights")
+    if weights is not None and not weights.get("pretrained", False):
+        lines += [
+            "```{warning}",
+            "The network was **not** initialised with ImageNet weights in this build "
+            f"({weights.get('summary', 'random weights')}): the results are not transfer "
+            "learning.",
+            "```",
+            "",
+        ]
+    lines += ["### Run manifest", "", markdown_table(manifest_table(manifest)), ""]
+    timings_path = work_dir / "timings.csv"
+    if timings_path.exists():
+        timings = pd.read_csv(timings_path)
+        timings["seconds"] = timings["seconds"].map(lambda s: f"{s:.1f}")
+        lines += ["### Time of each stage", "", markdown_table(timings), ""]
+    return "\n".join(lines) + "\n"
+
+
+def build_book(work_dir: str | Path) -> Path:
+    """Write the run summary and build the HTML book; return the path of its index.html."""
+    work_dir = Path(work_dir).resolve()
+    root = book_root(work_dir)
+    generated = prepare_book_root(root)
+    write_text_atomic(generated / "run_summary.md", run_summary_markdown(work_dir))
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build",
+               str(root), "--builder", "html"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StsnbError(
+            "jupyter-book build failed:\n" + result.stdout[-4000:] + result.stderr[-4000:]
+        )
+    index = root / "_build" / "html" / "index.html"
+    if not index.exists():
+        raise StsnbError(f"jupyter-book build produced no {index}.")
+    return index

@@ -1,0 +1,143 @@
+"""Frozen configuration per profile: every number of the study's protocol in one place.
+
+Each field says where its value comes from. `paper` is the study's protocol; `quick` is the same
+code path made to fit a 2-core CPU; `smoke` is the tests' profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+PROFILES = ("auto", "smoke", "quick", "paper")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """MR-to-CT registration settings (SimpleITK)."""
+
+    rigid_iterations: int = 200  # per resolution level; gradient descent on Mattes MI
+    rigid_shrink_factors: tuple[int, ...] = (4, 2, 1)  # multi-resolution pyramid
+    rigid_smoothing_sigmas_mm: tuple[float, ...] = (4.0, 2.0, 0.0)  # per level, mm
+    mi_histogram_bins: int = 50  # Mattes MI bins (SimpleITK's usual default)
+    mi_sampling_fraction: float = 0.05  # random voxel sampling for the metric
+    deformable: bool = True  # the study: deformable registration for contour propagation
+    bspline_mesh_mm: float = 50.0  # B-spline control-point spacing, mm
+    bspline_iterations: int = 60  # LBFGS-B iterations
+    roi_margin_mm: float = 30.0  # deformable step limited to the tumour +- this margin (>= 10 mm)
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """Slice extraction and normalization (the study's image-processing slide)."""
+
+    z_margin_mm: float = 10.0  # "a margin of 1 cm both superiorly and inferiorly"
+    canvas_px: int = 512  # "resized all the multimodal images in 512 x 512 matrices"
+    input_px: int = 224  # "the pre-trained network requires input images of 224 x 224 pixels"
+    normalization: str = "volume"  # min-max per volume and modality over the kept slab
+    max_slices_per_patient: int | None = None  # None = every tumour slice (the study)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """VGG-19 transfer learning (the study's training slide)."""
+
+    folds: int = 10  # "ten-fold cross-validation"
+    optimizer: str = "sgd"  # "SGDM optimizer"
+    momentum: float = 0.9  # "momentum at 0.9"
+    batch_size: int = 64  # "mini-batch size of 64"
+    learning_rate: float = 0.01  # "initial learning rate of 0.01"
+    max_epochs: int = 50  # "for 50 epochs"
+    patience: int = 8  # "validation loss did not improve for 8 sequential epochs"
+    validation_fraction: float = 0.1  # of the training patients, for early stopping (not stated)
+    control_combos: tuple[int, ...] | None = None  # None = controls for every combination
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named, frozen bundle of every setting that changes results."""
+
+    name: str
+    description: str
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    synthetic_patients: int = 72  # the study screened 72 patients (61 complete)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for hashing, manifests and display)."""
+        return asdict(self)
+
+
+PAPER = Profile(
+    name="paper",
+    description="The study's protocol: all patients, all tumour slices, 224 px, 10 folds, "
+    "SGD momentum 0.9, lr 0.01, batch 64, <= 50 epochs, patience 8.",
+)
+
+QUICK = Profile(
+    name="quick",
+    description="Same code path and 224 px VGG-19 on a CPU: fewer slices per patient, "
+    "5 folds, fewer epochs, lighter registration, controls on a subset of combinations.",
+    registration=RegistrationConfig(
+        rigid_iterations=100,
+        rigid_shrink_factors=(4, 2),
+        rigid_smoothing_sigmas_mm=(4.0, 2.0),
+        bspline_mesh_mm=60.0,
+        bspline_iterations=30,
+    ),
+    preprocessing=PreprocessingConfig(max_slices_per_patient=8),
+    training=TrainingConfig(folds=5, max_epochs=20, patience=5, control_combos=(1, 9)),
+)
+
+SMOKE = Profile(
+    name="smoke",
+    description="Tests only: a tiny cohort, small input size, 2 folds, 2 epochs.",
+    registration=RegistrationConfig(
+        rigid_iterations=30,
+        rigid_shrink_factors=(4,),
+        rigid_smoothing_sigmas_mm=(4.0,),
+        bspline_mesh_mm=80.0,
+        bspline_iterations=5,
+    ),
+    preprocessing=PreprocessingConfig(canvas_px=128, input_px=64, max_slices_per_patient=4),
+    training=TrainingConfig(folds=2, max_epochs=2, patience=1, batch_size=16, control_combos=(1,)),
+    synthetic_patients=8,
+)
+
+_BY_NAME = {p.name: p for p in (PAPER, QUICK, SMOKE)}
+
+
+def cuda_available() -> bool:
+    """True when torch is importable and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_profile(name: str | Profile = "auto") -> Profile:
+    """Return the frozen profile for `name`; `auto` = `paper` on a GPU, `quick` otherwise."""
+    if isinstance(name, Profile):
+        return name
+    key = str(name).strip().lower()
+    if key == "auto":
+        return PAPER if cuda_available() else QUICK
+    if key not in _BY_NAME:
+        raise ConfigError(
+            f"Unknown profile {name!r}: expected one of {', '.join(PROFILES)}."
+        )
+    return _BY_NAME[key]
+
+
+def config_table(profile: Profile) -> list[tuple[str, str]]:
+    """Flatten a profile into (setting, value) rows for display at the top of a chapter."""
+    rows: list[tuple[str, str]] = [("profile", profile.name)]
+    for section in ("registration", "preprocessing", "training"):
+        for key, value in asdict(getattr(profile, section)).items():
+            rows.append((f"{section}.{key}", str(value)))
+    rows.append(("synthetic_patients", str(profile.synthetic_patients)))
+    return rows

@@ -1,0 +1,40 @@
+"""One family of errors for bad input: each names the patient, the file, the problem, the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StsnbError(Exception):
+    """Base of every error stsnb raises on purpose."""
+
+
+class CohortError(StsnbError, ValueError):
+    """A cohort folder, clinical.csv, cohort.toml or image that breaks the cohort contract."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        patient_id: str | None = None,
+        path: str | Path | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.patient_id = patient_id
+        self.path = Path(path) if path is not None else None
+        self.fix = fix
+        parts = []
+        if patient_id is not None:
+            parts.append(f"patient {patient_id}")
+        if path is not None:
+            parts.append(f"file {path}")
+        where = f"[{', '.join(parts)}] " if parts else ""
+        message = f"{where}{problem}"
+        if fix:
+            message += f" Fix: {fix}"
+        super().__init__(message)
+
+
+class ConfigError(StsnbError, ValueError):
+    """A parameter (profile, combination, split, device, weights, ...) out of its allowed set."""

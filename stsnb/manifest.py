@@ -1,0 +1,152 @@
+"""The run manifest: what made a work dir's outputs (code, packages, profile, cohort, device)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import __version__
+from .config import Profile
+from .store import cohort_checksum, write_json_atomic
+
+MANIFEST = "manifest.json"
+#: Packages whose versions can change a result or a figure.
+TRACKED_PACKAGES = (
+    "numpy",
+    "scipy",
+    "pandas",
+    "SimpleITK",
+    "scikit-learn",
+    "torch",
+    "torchvision",
+    "grad-cam",
+    "matplotlib",
+    "seaborn",
+    "papermill",
+    "jupyter-book",
+)
+
+
+def code_version() -> str:
+    """`git describe` of the checkout when there is one, else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return f"{__version__}+g{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def package_versions() -> dict[str, str]:
+    """Installed version of each tracked package ('missing' when absent)."""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def display_path(path: str | Path) -> str:
+    """A path as shown in the book: relative to the current folder when inside it, else its name.
+
+    The book never shows an absolute path of the user's machine.
+    """
+    target = Path(path).resolve()
+    try:
+        return target.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return target.name
+
+
+def read_manifest(work_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a work dir, or an empty dict when none exists yet."""
+    path = Path(work_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def update_manifest(
+    work_dir: str | Path,
+    *,
+    profile: Profile,
+    cohort_dir: str | Path,
+    seed: int,
+    stage: str,
+    device: str = "cpu",
+    precision: str = "fp32",
+    weights: dict[str, Any] | None = None,
+    cohort_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Record the run-level facts and one stage's entry in `work_dir/manifest.json`."""
+    manifest = read_manifest(work_dir)
+    manifest.update(
+        {
+            "code_version": code_version(),
+            "python": platform.python_version(),
+            "platform": f"{platform.system()} {platform.machine()}",
+            "cpu_count": os.cpu_count(),
+            "packages": package_versions(),
+            "profile": profile.name,
+            "profile_config": profile.as_dict(),
+            "seed": int(seed),
+            "cohort_dir": display_path(cohort_dir),
+            "cohort_sha256": cohort_sha256 or cohort_checksum(cohort_dir),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
+    stages = manifest.setdefault("stages", {})
+    stages[stage] = {
+        "device": device,
+        "precision": precision,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if weights is not None:
+        manifest["weights"] = weights
+    write_json_atomic(Path(work_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def manifest_table(manifest: dict[str, Any]) -> pd.DataFrame:
+    """The manifest as (item, value) rows for the book's first page."""
+    weights = manifest.get("weights")
+    if weights is None:
+        weights_text = "not used by the chapters run so far"
+    else:
+        weights_text = str(weights.get("summary", weights))
+    devices = sorted({s.get("device", "?") for s in manifest.get("stages", {}).values()})
+    precisions = sorted({s.get("precision", "?") for s in manifest.get("stages", {}).values()})
+    rows = [
+        ("code version", manifest.get("code_version", "?")),
+        ("profile", manifest.get("profile", "?")),
+        ("seed", manifest.get("seed", "?")),
+        ("cohort", manifest.get("cohort_dir", "?")),
+        ("cohort SHA-256", str(manifest.get("cohort_sha256", "?"))[:16] + "..."),
+        ("network weights", weights_text),
+        ("device", ", ".join(devices) or "?"),
+        ("precision", ", ".join(precisions) or "?"),
+        ("python", f"{manifest.get('python', '?')} on {manifest.get('platform', '?')}"),
+        ("CPU cores", manifest.get("cpu_count", "?")),
+        ("stages run", ", ".join(manifest.get("stages", {})) or "none"),
+        ("last update", manifest.get("updated", "?")),
+    ]
+    rows += [(f"package {k}", v) for k, v in manifest.get("packages", {}).items()]
+    return pd.DataFrame(rows, columns=["item", "value"]).astype(str)

@@ -1,0 +1,1 @@
+"""Plotting functions for the chapters: every figure titled, axes labelled with units."""
