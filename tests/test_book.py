@@ -1,0 +1,89 @@
+"""One smoke run of the suite: the chapters executed by papermill, the book built, then checked."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from stsnb.book import CHAPTERS, REPO_ROOT
+from stsnb.config import SMOKE
+from stsnb.curation import read_cohort_table, run_curation
+
+pytestmark = pytest.mark.smoke
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs).get("src", ""))
+
+
+def test_every_chapter_ran_without_errors(smoke_book):
+    for name in CHAPTERS:
+        nb = nbformat.read(smoke_book["executed"] / f"{name}.ipynb", as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert errors == []
+        tags = [c.metadata.get("tags", []) for c in nb.cells]
+        injected = [t for t in tags if "injected-parameters" in t]
+        assert injected and all("remove-cell" in t for t in injected)
+
+
+def test_curation_chapter_shows_the_cohort(smoke_book, smoke_cohort):
+    cohort = read_cohort_table(smoke_book["work_dir"])
+    clinical = pd.read_csv(smoke_cohort / "clinical.csv", dtype={"patient_id": str})
+    assert list(cohort["patient_id"]) == list(clinical["patient_id"])
+    assert cohort["included"].sum() == len(cohort) - 1  # 8 screened, one incomplete
+    assert (cohort.loc[~cohort["included"], "exclusion_reason"] != "").all()
+    page = (smoke_book["html"] / "book" / "generated" / "01_data_curation.html").read_text()
+    for text in ("Inclusion criteria", "Which images each patient has", "Example patients"):
+        assert text in page
+    parser = _Images()
+    parser.feed(page)
+    assert len(parser.sources) >= 5  # flow, availability, geometry, balance, example patients
+    for src in parser.sources:
+        assert (smoke_book["html"] / "book" / "generated" / src).resolve().exists(), src
+
+
+def test_first_page_shows_manifest_timings_and_disclaimer(smoke_book):
+    index = smoke_book["index"].read_text()
+    intro = (smoke_book["html"] / "book" / "intro.html").read_text() if (
+        smoke_book["html"] / "book" / "intro.html").exists() else index
+    for text in ("The default cohort is synthetic", "Run manifest", "Time of each stage",
+                 "smoke", "chapter 01_data_curation", "curation"):
+        assert text in intro, text
+    manifest = json.loads((smoke_book["work_dir"] / "manifest.json").read_text())
+    assert manifest["profile"] == "smoke" and manifest["seed"] == 3
+    assert len(manifest["cohort_sha256"]) == 64 and "curation" in manifest["stages"]
+    assert manifest["packages"]["torch"].startswith("2.14.1")
+
+
+def test_built_html_holds_no_absolute_path(smoke_book):
+    forbidden = {str(smoke_book["work_dir"]), str(smoke_book["cohort_dir"]), str(REPO_ROOT),
+                 str(Path.home())}
+    forbidden.discard("/")
+    for page in smoke_book["html"].rglob("*.html"):
+        text = page.read_text(errors="replace")
+        for path in forbidden:
+            assert path not in text, f"{path} in {page.name}"
+
+
+def test_curation_is_reused_and_redone_only_when_inputs_change(smoke_book, smoke_cohort):
+    work_dir = smoke_book["work_dir"]
+    again = run_curation(smoke_cohort, work_dir, SMOKE, seed=3, progress=False)
+    assert again.reused
+    changed = run_curation(smoke_cohort, work_dir, SMOKE, seed=3, min_followup_months=1e6,
+                           progress=False)
+    assert not changed.reused
+    negatives = changed.cohort[changed.cohort["label"] == 0]
+    assert not negatives["included"].any()
+    restored = run_curation(smoke_cohort, work_dir, SMOKE, seed=3, progress=False)
+    assert not restored.reused and restored.cohort["included"].sum() == len(restored.cohort) - 1
