@@ -15,21 +15,29 @@ from ..modalities import DISPLAY_NAMES
 from .images import on_ct_grid, show_axial
 
 
-def inclusion_flow_diagram(flow: pd.DataFrame) -> Figure:
-    """Boxes and arrows: screened -> excluded (by reason) -> included."""
-    steps = flow.set_index("step")["n"]
-    reasons = flow[~flow["step"].isin(["screened", "included"])]
+def inclusion_flow_diagram(flow: pd.DataFrame, cohort: pd.DataFrame | None = None) -> Figure:
+    """Boxes and arrows: screened -> excluded (count per reason) -> included.
+
+    `flow` is `stsnb.cohort.inclusion_flow`'s table; with `cohort`, the excluded total counts
+    patients (one patient may have several reasons).
+    """
+    screened = int(flow.loc[flow["step"] == "screened", "n_patients"].sum())
+    included = int(flow.loc[flow["step"] == "included", "n_patients"].sum())
+    reasons = flow[flow["step"] == "excluded"]
+    excluded = (
+        int((~cohort["included"].astype(bool)).sum()) if cohort is not None
+        else screened - included
+    )
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.set_axis_off()
     box = {"boxstyle": "round,pad=0.5", "fc": "#e8f0fe", "ec": "#1a4480"}
-    ax.text(0.25, 0.85, f"Screened\nn = {int(steps.get('screened', 0))}", ha="center",
-            va="center", bbox=box, fontsize=11)
-    ax.text(0.25, 0.15, f"Included\nn = {int(steps.get('included', 0))}", ha="center",
-            va="center", bbox=box, fontsize=11)
+    ax.text(0.25, 0.85, f"Screened\nn = {screened}", ha="center", va="center", bbox=box,
+            fontsize=11)
+    ax.text(0.25, 0.15, f"Included\nn = {included}", ha="center", va="center", bbox=box,
+            fontsize=11)
     ax.annotate("", xy=(0.25, 0.25), xytext=(0.25, 0.75),
                 arrowprops={"arrowstyle": "->", "lw": 1.5})
-    lines = [f"{row.step}: {int(row.n)}" for row in reasons.itertuples()] or ["none"]
-    excluded = int(reasons["n"].sum()) if len(reasons) else 0
+    lines = [f"{row.reason}: {int(row.n_patients)}" for row in reasons.itertuples()] or ["none"]
     ax.text(0.72, 0.5, f"Excluded n = {excluded}\n" + "\n".join(lines), ha="center",
             va="center", bbox={**box, "fc": "#fdecea", "ec": "#8b1a1a"}, fontsize=10)
     ax.annotate("", xy=(0.5, 0.5), xytext=(0.25, 0.5),
