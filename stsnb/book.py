@@ -94,7 +94,7 @@ def execute_chapter(
         raise StsnbError(f"Notebook {source.name} not found in notebooks/.")
     out_name = f"{stage_name or name}.ipynb"
     target = out_dir / out_name
-    tmp = out_dir / f".{out_name}.running"
+    tmp = out_dir / f".{stage_name or name}.running.ipynb"
     started = time.perf_counter()
     try:
         papermill.execute_notebook(

@@ -11,6 +11,7 @@ import seaborn as sns
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 
+from ..imageio import read_image
 from ..modalities import DISPLAY_NAMES
 from .images import on_ct_grid, show_axial
 
@@ -40,7 +41,7 @@ def inclusion_flow_diagram(flow: pd.DataFrame, cohort: pd.DataFrame | None = Non
     lines = [f"{row.reason}: {int(row.n_patients)}" for row in reasons.itertuples()] or ["none"]
     ax.text(0.72, 0.5, f"Excluded n = {excluded}\n" + "\n".join(lines), ha="center",
             va="center", bbox={**box, "fc": "#fdecea", "ec": "#8b1a1a"}, fontsize=10)
-    ax.annotate("", xy=(0.5, 0.5), xytext=(0.25, 0.5),
+    ax.annotate("", xy=(0.56, 0.5), xytext=(0.25, 0.5),
                 arrowprops={"arrowstyle": "->", "lw": 1.5})
     ax.set_title("Inclusion flow (the study's criteria)")
     return fig
@@ -114,14 +115,14 @@ def patient_images_figure(cohort_dir: str | Path, patient_id: str,
     visibly misses the CT contour, which is what chapter 02 corrects.
     """
     folder = Path(cohort_dir) / patient_id
-    ct = sitk.ReadImage(str(folder / "ct.nii.gz"))
-    gtv = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "gtv.nii.gz"))) > 0
+    ct = read_image(folder / "ct.nii.gz", patient_id, "ct")
+    gtv = sitk.GetArrayFromImage(read_image(folder / "gtv.nii.gz", patient_id, "gtv")) > 0
     z_index = int(np.round(np.argwhere(gtv)[:, 0].mean())) if gtv.any() else gtv.shape[0] // 2
     spacing = ct.GetSpacing()[:2]
     fig, axes = plt.subplots(1, len(modalities), figsize=(3.6 * len(modalities), 3.6))
     for ax, modality in zip(np.atleast_1d(axes), modalities, strict=True):
         path = folder / f"{modality}.nii.gz"
-        image = ct if modality == "ct" else sitk.ReadImage(str(path))
+        image = ct if modality == "ct" else read_image(path, patient_id, modality)
         values = on_ct_grid(image, ct)[z_index]
         show_axial(ax, values, spacing, modality, gtv[z_index])
     fig.suptitle(f"Patient {patient_id}: axial slice {z_index} of the CT, before registration")
