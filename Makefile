@@ -11,7 +11,7 @@ PROFILE ?= auto
 SEED ?= 0
 PATIENTS ?= 72
 
-.PHONY: env data book run lab test lint check-notebooks clean
+.PHONY: env data book run lab test lint check-notebooks browser clean
 
 env: $(STAMP)
 
@@ -43,6 +43,12 @@ run: env
 lab: env
 	$(VENV)/bin/jupyter lab notebooks/
 
+## Debian's chromium for the browser check of the built book (installed when missing; root).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
+
 lint: env
 	$(VENV)/bin/ruff check stsnb tests notebooks benchmarks
 
@@ -50,7 +56,7 @@ check-notebooks: env
 	$(PY) -m stsnb.nbcheck notebooks
 
 ## The test suite: lint, notebook hygiene, then pytest.
-test: env lint check-notebooks
+test: env browser lint check-notebooks
 	$(PY) -m pytest
 
 clean:

@@ -87,3 +87,18 @@ def test_curation_is_reused_and_redone_only_when_inputs_change(smoke_book, smoke
     assert not negatives["included"].any()
     restored = run_curation(smoke_cohort, work_dir, SMOKE, seed=3, progress=False)
     assert not restored.reused and restored.cohort["included"].sum() == len(restored.cohort) - 1
+
+
+def test_book_opens_in_chromium_with_every_image(smoke_book):
+    from stsnb.bookcheck import check_book
+
+    artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
+    shot = artifacts / "curation-page.png"
+    reports = check_book(smoke_book["html"],
+                         ("book/generated/01_data_curation.html", shot))
+    pages = {r.page for r in reports}
+    assert {"index.html", "book/intro.html", "book/generated/01_data_curation.html"} <= pages
+    assert all(r.ok for r in reports), [r for r in reports if not r.ok]
+    curation = next(r for r in reports if r.page.endswith("01_data_curation.html"))
+    assert curation.images >= 5 and "Data curation" in curation.title
+    assert shot.exists() and shot.stat().st_size > 10_000
