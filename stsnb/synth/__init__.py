@@ -1,0 +1,10 @@
+"""Embedded synthetic multimodal STS cohort: CT (HU), RT dose (Gy), MR T1w/T2w/CE-T1w (a.u.).
+
+``plan_cohort`` draws every patient's parameters (cheap, no images); ``make_synthetic_cohort``
+renders that plan into the cohort layout (DESIGN.md section 4). See book/synthetic_cohort.md.
+"""
+
+from .plan import plan_cohort
+from .writer import make_synthetic_cohort
+
+__all__ = ["make_synthetic_cohort", "plan_cohort"]
