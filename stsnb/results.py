@@ -1,0 +1,277 @@
+"""Stage 05: every figure of the results chapter, recomputed from `predictions.csv` alone.
+
+Slice level (the study's unit): metrics per test fold, then mean +- std over folds. Patient level
+(what a clinic needs): the slice probabilities of a patient averaged into one probability per
+patient, metrics over patients with bootstrap 95% confidence intervals (resampling patients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    roc_auc_score,
+    roc_curve,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .errors import StsnbError
+
+PREDICTION_COLUMNS = ("patient_id", "slice_index", "fold", "label", "prob")
+#: Decision threshold on the predicted probability of distant metastasis.
+THRESHOLD = 0.5
+METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "auc")
+
+#: The study's published table (results slide 2): slice-level 10-fold CV, mean +- std.
+STUDY_TABLE = pd.DataFrame(
+    [
+        (1, "ct-dose-t1w", 0.78, 0.02, 0.67, 0.02, 0.75, 0.02, 0.73, 0.05, 0.70, 0.03),
+        (2, "ct-dose-ce_t1w", 0.85, 0.03, 0.81, 0.03, 0.82, 0.03, 0.77, 0.06, 0.79, 0.04),
+        (3, "ct-dose-t2w", 0.84, 0.03, 0.75, 0.04, 0.83, 0.03, 0.79, 0.06, 0.77, 0.05),
+        (4, "ct-t1w-ce_t1w", 0.80, 0.02, 0.68, 0.02, 0.72, 0.02, 0.69, 0.05, 0.68, 0.04),
+        (5, "ct-t1w-t2w", 0.80, 0.02, 0.71, 0.03, 0.70, 0.02, 0.68, 0.04, 0.69, 0.03),
+        (6, "ct-t2w-ce_t1w", 0.86, 0.04, 0.81, 0.06, 0.73, 0.04, 0.71, 0.06, 0.76, 0.06),
+        (7, "dose-t1w-ce_t1w", 0.89, 0.04, 0.75, 0.05, 0.84, 0.04, 0.81, 0.07, 0.78, 0.06),
+        (8, "dose-t1w-t2w", 0.85, 0.02, 0.76, 0.03, 0.80, 0.02, 0.77, 0.05, 0.76, 0.04),
+        (9, "dose-t2w-ce_t1w", 0.90, 0.03, 0.85, 0.06, 0.84, 0.04, 0.78, 0.05, 0.81, 0.04),
+        (10, "t1w-t2w-ce_t1w", 0.89, 0.02, 0.77, 0.02, 0.86, 0.02, 0.83, 0.03, 0.80, 0.03),
+    ],
+    columns=[
+        "number", "name",
+        "accuracy_mean", "accuracy_std", "sensitivity_mean", "sensitivity_std",
+        "specificity_mean", "specificity_std", "precision_mean", "precision_std",
+        "f1_mean", "f1_std",
+    ],
+)
+
+
+def predictions_path(work_dir: str | Path, split: str, combo: int) -> Path:
+    """`work_dir/runs/<split>/combo<NN>/predictions.csv`."""
+    return Path(work_dir) / "runs" / split / f"combo{int(combo):02d}" / "predictions.csv"
+
+
+def load_predictions(path: str | Path) -> pd.DataFrame:
+    """Read and validate a predictions.csv (one row per test slice)."""
+    path = Path(path)
+    if not path.exists():
+        raise StsnbError(f"{path} not found. Fix: run chapter 04 for this combination first.")
+    table = pd.read_csv(path, dtype={"patient_id": str})
+    missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
+    if missing:
+        raise StsnbError(f"{path} lacks the columns {missing}; found {list(table.columns)}.")
+    if not table["prob"].between(0, 1).all() or not table["label"].isin([0, 1]).all():
+        raise StsnbError(f"{path}: prob must lie in [0, 1] and label be 0 or 1.")
+    return table
+
+
+def binary_metrics(label: np.ndarray, prob: np.ndarray, threshold: float = THRESHOLD) -> dict:
+    """Accuracy, sensitivity, specificity, precision, F1, balanced accuracy and AUC.
+
+    A ratio whose denominator is empty (e.g. precision with no positive call) is NaN; AUC is
+    NaN when only one class is present.
+    """
+    label = np.asarray(label).astype(int)
+    pred = (np.asarray(prob) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(label, pred, labels=[0, 1]).ravel()
+
+    def ratio(a: float, b: float) -> float:
+        return float(a / b) if b else float("nan")
+
+    sensitivity, precision = ratio(tp, tp + fn), ratio(tp, tp + fp)
+    specificity = ratio(tn, tn + fp)
+    both = len(np.unique(label)) == 2
+    return {
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "precision": precision,
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": float(balanced_accuracy_score(label, pred)) if both else float("nan"),
+        "auc": float(roc_auc_score(label, prob)) if both else float("nan"),
+        "n": int(len(label)),
+    }
+
+
+def fold_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Slice-level metrics of each test fold (the study's unit)."""
+    rows = [
+        {"fold": fold, **binary_metrics(group["label"], group["prob"])}
+        for fold, group in predictions.groupby("fold", sort=True)
+    ]
+    return pd.DataFrame(rows)
+
+
+def mean_std(per_fold: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> dict[str, tuple]:
+    """(mean, std) over folds of each metric (std with ddof=1, NaN folds ignored)."""
+    return {m: (float(per_fold[m].mean()), float(per_fold[m].std(ddof=1))) for m in metrics}
+
+
+def patient_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: the mean of its slice probabilities, its label, fold and slices."""
+    grouped = predictions.groupby("patient_id", sort=True)
+    table = grouped.agg(label=("label", "first"), prob=("prob", "mean"), fold=("fold", "first"),
+                        n_slices=("prob", "size"), label_unique=("label", "nunique"))
+    if (table["label_unique"] > 1).any():
+        bad = list(table.index[table["label_unique"] > 1])
+        raise StsnbError(f"Patients with slices of both labels in predictions: {bad}.")
+    return table.drop(columns="label_unique").reset_index()
+
+
+def bootstrap_ci(
+    label: np.ndarray,
+    prob: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """(estimate, low, high): percentile bootstrap over the units (patients), seeded.
+
+    Resamples in which the statistic is undefined (NaN, e.g. one class only) are dropped.
+    """
+    label, prob = np.asarray(label), np.asarray(prob)
+    rng = np.random.default_rng(seed)
+    estimate = float(statistic(label, prob))
+    draws = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(label), len(label))
+        value = statistic(label[pick], prob[pick])
+        if np.isfinite(value):
+            draws.append(value)
+    if not draws:
+        return estimate, float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return estimate, float(low), float(high)
+
+
+def _metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    return lambda y, p: binary_metrics(y, p)[name]
+
+
+def patient_metrics_ci(predictions: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
+                       metrics: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy",
+                                                   "sensitivity", "specificity")) -> pd.DataFrame:
+    """Patient-level metrics with bootstrap 95% CIs over patients."""
+    patients = patient_predictions(predictions)
+    rows = []
+    for name in metrics:
+        est, low, high = bootstrap_ci(patients["label"].to_numpy(), patients["prob"].to_numpy(),
+                                      _metric(name), n_boot=n_boot, seed=seed)
+        rows.append({"metric": name, "estimate": est, "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+def paired_auc_difference(
+    reference: pd.DataFrame, other: pd.DataFrame, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """Patient-level AUC(other) - AUC(reference) with a paired bootstrap over shared patients.
+
+    `p_not_worse` is the share of resamples in which `other` is at least as good.
+    """
+    a = patient_predictions(reference).set_index("patient_id")
+    b = patient_predictions(other).set_index("patient_id")
+    shared = a.index.intersection(b.index)
+    if len(shared) < 4:
+        raise StsnbError("Too few shared patients to compare two combinations.")
+    label = a.loc[shared, "label"].to_numpy()
+    pa, pb = a.loc[shared, "prob"].to_numpy(), b.loc[shared, "prob"].to_numpy()
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(shared), len(shared))
+        if len(np.unique(label[pick])) < 2:
+            continue
+        diffs.append(roc_auc_score(label[pick], pb[pick]) - roc_auc_score(label[pick], pa[pick]))
+    diffs_arr = np.asarray(diffs)
+    return {
+        "auc_difference": float(roc_auc_score(label, pb) - roc_auc_score(label, pa)),
+        "ci_low": float(np.quantile(diffs_arr, 0.025)),
+        "ci_high": float(np.quantile(diffs_arr, 0.975)),
+        "p_not_worse": float(np.mean(diffs_arr >= 0)),
+        "n_patients": int(len(shared)),
+    }
+
+
+def roc_points(predictions: pd.DataFrame, level: str = "patient") -> pd.DataFrame:
+    """False- and true-positive rates of the ROC curve, per slice or per patient."""
+    table = patient_predictions(predictions) if level == "patient" else predictions
+    fpr, tpr, thresholds = roc_curve(table["label"], table["prob"])
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
+
+
+def calibration(predictions: pd.DataFrame, n_bins: int = 5) -> tuple[pd.DataFrame, float]:
+    """Reliability curve (patient level, quantile bins) and the Brier score."""
+    patients = patient_predictions(predictions)
+    observed, predicted = calibration_curve(patients["label"], patients["prob"], n_bins=n_bins,
+                                            strategy="quantile")
+    curve = pd.DataFrame({"predicted": predicted, "observed": observed})
+    return curve, float(brier_score_loss(patients["label"], patients["prob"]))
+
+
+def baseline_predictions(
+    patients: pd.DataFrame, folds: Mapping[str, int], features: list[str], seed: int = 0
+) -> pd.DataFrame:
+    """Logistic regression on patient-level `features`, on the same patient folds as the network.
+
+    `patients` has patient_id, label and the feature columns; `folds` maps patient -> test fold.
+    Returns one row per patient (patient_id, slice_index = -1, fold, label, prob), the shape of
+    predictions.csv, so every metric above applies to it.
+    """
+    table = patients[patients["patient_id"].isin(folds)].copy()
+    table["fold"] = table["patient_id"].map(folds)
+    missing = [f for f in features if f not in table.columns]
+    if missing:
+        raise StsnbError(f"Baseline features {missing} are not in the cohort table.")
+    x = pd.get_dummies(table[features], drop_first=True, dummy_na=False).astype(float)
+    x = x.fillna(x.median(numeric_only=True))
+    rows = []
+    for fold in sorted(table["fold"].unique()):
+        test = (table["fold"] == fold).to_numpy()
+        train_labels = table.loc[~test, "label"]
+        if train_labels.nunique() < 2:
+            prob = np.full(test.sum(), float(train_labels.mean()))
+        else:
+            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000,
+                                                                       random_state=seed))
+            model.fit(x[~test], train_labels)
+            prob = model.predict_proba(x[test])[:, 1]
+        part = table.loc[test, ["patient_id", "fold", "label"]].assign(slice_index=-1, prob=prob)
+        rows.append(part)
+    return pd.concat(rows, ignore_index=True)[list(PREDICTION_COLUMNS)]
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    """`0.90 ± 0.03`, the study's layout."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.2f} ± {std:.2f}" if np.isfinite(std) else f"{mean:.2f}"
+
+
+def study_comparison(ours: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """Our slice-level mean ± std beside the study's, one row per combination, same layout.
+
+    `ours` maps a combination number to its per-fold metrics (`fold_metrics`).
+    """
+    rows = []
+    for study_row in STUDY_TABLE.itertuples(index=False):
+        row = {"combination": f"{study_row.number}. {study_row.name}"}
+        for metric in ("accuracy", "sensitivity", "specificity", "precision", "f1"):
+            row[f"{metric} (study)"] = format_mean_std(getattr(study_row, f"{metric}_mean"),
+                                                       getattr(study_row, f"{metric}_std"))
+            if study_row.number in ours:
+                mean, std = mean_std(ours[study_row.number], (metric,))[metric]
+                row[f"{metric} (ours)"] = format_mean_std(mean, std)
+            else:
+                row[f"{metric} (ours)"] = "not run"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,134 @@
+"""Results metrics: known answers, bootstrap behaviour, baselines and the study's table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stsnb.errors import StsnbError
+from stsnb.results import (
+    STUDY_TABLE,
+    baseline_predictions,
+    binary_metrics,
+    bootstrap_ci,
+    calibration,
+    fold_metrics,
+    load_predictions,
+    mean_std,
+    paired_auc_difference,
+    patient_metrics_ci,
+    patient_predictions,
+    study_comparison,
+)
+
+
+def _predictions(n_patients: int = 40, slices: int = 5, signal: float = 2.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_patients):
+        label = int(i % 3 == 0)
+        centre = rng.normal(signal * (label - 0.5), 1.0)
+        for s in range(slices):
+            prob = 1 / (1 + np.exp(-(centre + rng.normal(0, 0.5))))
+            rows.append((f"P{i:03d}", 10 + s, i % 4 + 1, label, prob))
+    return pd.DataFrame(rows, columns=["patient_id", "slice_index", "fold", "label", "prob"])
+
+
+def test_binary_metrics_known_answer():
+    m = binary_metrics(np.array([1, 1, 0, 0]), np.array([0.9, 0.4, 0.2, 0.6]))
+    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1",
+                "balanced_accuracy"):
+        assert m[key] == pytest.approx(0.5)
+    assert m["auc"] == pytest.approx(0.75)
+    single = binary_metrics(np.array([1, 1]), np.array([0.2, 0.3]))
+    assert np.isnan(single["auc"]) and np.isnan(single["precision"])
+    assert single["sensitivity"] == 0.0
+
+
+def test_fold_metrics_and_mean_std():
+    preds = _predictions()
+    per_fold = fold_metrics(preds)
+    assert list(per_fold["fold"]) == [1, 2, 3, 4]
+    assert per_fold["n"].sum() == len(preds)
+    mean, std = mean_std(per_fold)["accuracy"]
+    assert mean == pytest.approx(per_fold["accuracy"].mean())
+    assert std == pytest.approx(per_fold["accuracy"].std(ddof=1))
+
+
+def test_patient_aggregation_is_the_mean_probability():
+    preds = _predictions(n_patients=6, slices=3)
+    patients = patient_predictions(preds)
+    assert len(patients) == 6 and (patients["n_slices"] == 3).all()
+    first = preds[preds["patient_id"] == "P000"]["prob"].mean()
+    assert patients.set_index("patient_id").loc["P000", "prob"] == pytest.approx(first)
+    broken = preds.copy()
+    broken.loc[0, "label"] = 1 - broken.loc[0, "label"]
+    with pytest.raises(StsnbError, match="both labels"):
+        patient_predictions(broken)
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_shrinks_with_more_patients():
+    auc = lambda y, p: binary_metrics(y, p)["auc"]  # noqa: E731
+    small = patient_predictions(_predictions(n_patients=30, seed=1))
+    large = patient_predictions(_predictions(n_patients=300, seed=1))
+    est, low, high = bootstrap_ci(small["label"].to_numpy(), small["prob"].to_numpy(), auc,
+                                  n_boot=500, seed=0)
+    assert low <= est <= high
+    assert bootstrap_ci(small["label"].to_numpy(), small["prob"].to_numpy(), auc, n_boot=500,
+                        seed=0) == (est, low, high)
+    _, low_l, high_l = bootstrap_ci(large["label"].to_numpy(), large["prob"].to_numpy(), auc,
+                                    n_boot=500, seed=0)
+    assert high_l - low_l < high - low
+    table = patient_metrics_ci(_predictions(), n_boot=200)
+    assert set(table["metric"]) >= {"auc", "balanced_accuracy"}
+
+
+def test_paired_difference_of_a_model_with_itself_is_zero_and_chance_is_worse():
+    preds = _predictions(n_patients=60)
+    same = paired_auc_difference(preds, preds, n_boot=300)
+    assert same["auc_difference"] == 0 and same["ci_low"] == 0 and same["ci_high"] == 0
+    chance = preds.assign(prob=np.random.default_rng(5).random(len(preds)))
+    worse = paired_auc_difference(preds, chance, n_boot=300)
+    assert worse["auc_difference"] < 0 and worse["ci_high"] < 0 and worse["p_not_worse"] < 0.05
+
+
+def test_baseline_uses_the_same_folds_and_finds_a_separating_feature():
+    rng = np.random.default_rng(0)
+    patients = pd.DataFrame({"patient_id": [f"P{i}" for i in range(40)],
+                             "label": [i % 2 for i in range(40)]})
+    patients["gtv_volume_cc"] = patients["label"] * 300 + rng.normal(200, 30, 40)
+    folds = {pid: i % 4 + 1 for i, pid in enumerate(patients["patient_id"])}
+    preds = baseline_predictions(patients, folds, ["gtv_volume_cc"])
+    assert dict(zip(preds["patient_id"], preds["fold"], strict=True)) == folds
+    assert binary_metrics(preds["label"], preds["prob"])["auc"] > 0.95
+    with pytest.raises(StsnbError, match="not in the cohort table"):
+        baseline_predictions(patients, folds, ["grade"])
+
+
+def test_calibration_and_brier():
+    preds = _predictions(n_patients=80)
+    curve, brier = calibration(preds, n_bins=4)
+    assert 0 <= brier <= 1 and len(curve) <= 4
+    assert curve["observed"].between(0, 1).all()
+
+
+def test_study_table_and_comparison_layout():
+    row9 = STUDY_TABLE.set_index("number").loc[9]
+    assert (row9["accuracy_mean"], row9["sensitivity_mean"], row9["f1_mean"]) == (0.9, 0.85, 0.81)
+    table = study_comparison({9: fold_metrics(_predictions())})
+    assert len(table) == 10
+    assert table.loc[8, "accuracy (study)"] == "0.90 ± 0.03"
+    assert "±" in table.loc[8, "accuracy (ours)"] and table.loc[0, "accuracy (ours)"] == "not run"
+
+
+def test_load_predictions_validates(tmp_path):
+    path = tmp_path / "predictions.csv"
+    with pytest.raises(StsnbError, match="not found"):
+        load_predictions(path)
+    pd.DataFrame({"patient_id": ["a"], "prob": [0.3]}).to_csv(path, index=False)
+    with pytest.raises(StsnbError, match="lacks the columns"):
+        load_predictions(path)
+    _predictions(4, 2).assign(prob=1.5).to_csv(path, index=False)
+    with pytest.raises(StsnbError, match=r"prob must lie in \[0, 1\]"):
+        load_predictions(path)
