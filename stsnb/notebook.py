@@ -34,3 +34,22 @@ def markdown_table(df: pd.DataFrame) -> str:
     body = ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |"
             for row in df.itertuples(index=False)]
     return "\n".join([header, rule, *body])
+
+
+def weights_warning(work_dir: str) -> Any:
+    """A loud banner when the run's network was not initialised with ImageNet weights."""
+    from IPython.display import HTML
+
+    from .manifest import read_manifest
+
+    weights = read_manifest(work_dir).get("weights")
+    if weights is None:
+        return HTML("<p><b>Network weights:</b> no training run recorded yet.</p>")
+    if weights.get("pretrained"):
+        return HTML(f"<p><b>Network weights:</b> {weights.get('summary', 'ImageNet')}</p>")
+    return HTML(
+        '<div style="border:3px solid #b00020;background:#fdecea;padding:0.8em;'
+        'font-size:1.1em"><b>WARNING: the network was NOT initialised with ImageNet weights'
+        f"</b> ({weights.get('summary', 'random weights')}). These results are not transfer "
+        "learning and must not be read as the study's method.</div>"
+    )

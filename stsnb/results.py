@@ -275,3 +275,159 @@ def study_comparison(ours: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
                 row[f"{metric} (ours)"] = "not run"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+SPLITS = ("patient", "slice", "random")
+
+
+def discover_runs(work_dir: str | Path) -> pd.DataFrame:
+    """Every finished run under `work_dir/runs/`: split, combo (number) and its folder."""
+    rows = []
+    for path in sorted(Path(work_dir).glob("runs/*/combo*/predictions.csv")):
+        split, combo = path.parent.parent.name, path.parent.name
+        if split in SPLITS and combo[5:].isdigit():
+            rows.append({"split": split, "combo": int(combo[5:]), "dir": path.parent})
+    return pd.DataFrame(rows, columns=["split", "combo", "dir"])
+
+
+def best_epoch_accuracy(history: pd.DataFrame) -> pd.DataFrame:
+    """Per fold, train and validation accuracy at the epoch of lowest validation loss."""
+    rows = []
+    for fold, group in history.groupby("fold"):
+        val = group[group["phase"] == "val"]
+        best = int(val.loc[val["loss"].idxmin(), "epoch"])
+        at_best = group[group["epoch"] == best].set_index("phase")["accuracy"]
+        rows.append({"fold": fold, "best_epoch": best, "train": float(at_best.get("train")),
+                     "val": float(at_best.get("val"))})
+    return pd.DataFrame(rows)
+
+
+def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
+                        seed: int = 0) -> pd.DataFrame:
+    """One row per combination run under `split`: slice-level mean ± std over folds and the
+    patient-level AUC and balanced accuracy with bootstrap 95% CIs."""
+    from .combinations import combinations_for
+
+    names = {c.number: c.name for c in combinations_for()}
+    runs = discover_runs(work_dir)
+    rows = []
+    for run in runs[runs["split"] == split].itertuples():
+        preds = load_predictions(run.dir / "predictions.csv")
+        per_fold = fold_metrics(preds)
+        summary = mean_std(per_fold)
+        row = {"combo": run.combo, "name": names.get(run.combo, str(run.combo))}
+        for metric in ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc"):
+            row[f"slice_{metric}_mean"], row[f"slice_{metric}_std"] = summary[metric]
+        ci = patient_metrics_ci(preds, n_boot=n_boot, seed=seed,
+                                metrics=("auc", "balanced_accuracy")).set_index("metric")
+        for metric in ("auc", "balanced_accuracy"):
+            row[f"patient_{metric}"] = ci.loc[metric, "estimate"]
+            row[f"patient_{metric}_low"] = ci.loc[metric, "ci_low"]
+            row[f"patient_{metric}_high"] = ci.loc[metric, "ci_high"]
+        history_path = run.dir / "history.csv"
+        if history_path.exists():
+            acc = best_epoch_accuracy(pd.read_csv(history_path))
+            row["train_accuracy"], row["val_accuracy"] = acc["train"].mean(), acc["val"].mean()
+        row["test_accuracy"] = summary["accuracy"][0]
+        row["n_patients"] = preds["patient_id"].nunique()
+        row["n_slices"] = len(preds)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ranking(work_dir: str | Path, split: str = "patient", n_boot: int = 2000,
+            seed: int = 0) -> pd.DataFrame:
+    """Combinations ranked by patient-level AUC, each compared with the best (paired bootstrap)."""
+    runs = discover_runs(work_dir)
+    runs = runs[runs["split"] == split]
+    preds = {r.combo: load_predictions(r.dir / "predictions.csv") for r in runs.itertuples()}
+    aucs = {c: binary_metrics(*patient_predictions(p)[["label", "prob"]].T.to_numpy())["auc"]
+            for c, p in preds.items()}
+    order = sorted(aucs, key=lambda c: -aucs[c])
+    if not order:
+        return pd.DataFrame()
+    best = order[0]
+    rows = []
+    for rank, combo in enumerate(order, start=1):
+        diff = (paired_auc_difference(preds[best], preds[combo], n_boot=n_boot, seed=seed)
+                if combo != best else {"auc_difference": 0.0, "ci_low": 0.0, "ci_high": 0.0,
+                                       "p_not_worse": 1.0})
+        rows.append({"rank": rank, "combo": combo, "patient_auc": aucs[combo],
+                     "auc_minus_best": diff["auc_difference"], "ci_low": diff["ci_low"],
+                     "ci_high": diff["ci_high"], "p_not_worse_than_best": diff["p_not_worse"]})
+    return pd.DataFrame(rows)
+
+
+def patient_folds(predictions: pd.DataFrame) -> dict[str, int]:
+    """patient -> test fold, from a patient-grouped run's predictions."""
+    folds = predictions.groupby("patient_id")["fold"].agg(["first", "nunique"])
+    if (folds["nunique"] > 1).any():
+        raise StsnbError("A patient is tested in two folds: these are not patient-grouped folds.")
+    return folds["first"].to_dict()
+
+
+#: Patient-level baselines, on the network's patient folds (logistic regression).
+BASELINES = {
+    "GTV volume alone": ["gtv_volume_cc"],
+    "clinical columns alone (age, sex, grade)": ["age", "sex", "grade"],
+}
+
+
+def baseline_table(work_dir: str | Path, reference: pd.DataFrame, n_boot: int = 2000,
+                   seed: int = 0) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Each baseline's patient-level AUC (95% CI) beside the reference run, on its folds."""
+    from .curation import read_cohort_table
+
+    cohort = read_cohort_table(work_dir)
+    patients = cohort[cohort["included"]].assign(label=lambda t: t["label"].astype(int))
+    folds = patient_folds(reference)
+    predictions = {"network (reference combination)": reference}
+    for name, features in BASELINES.items():
+        usable = [f for f in features if f in patients.columns]
+        if usable:
+            predictions[name] = baseline_predictions(patients, folds, usable, seed=seed)
+    rows = []
+    for name, preds in predictions.items():
+        ci = patient_metrics_ci(preds, n_boot=n_boot, seed=seed, metrics=("auc",))
+        rows.append({"model": name, "patient_auc": ci.loc[0, "estimate"],
+                     "ci_low": ci.loc[0, "ci_low"], "ci_high": ci.loc[0, "ci_high"]})
+    return pd.DataFrame(rows), predictions
+
+
+def split_comparison(work_dir: str | Path, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Combinations run under more than one split, side by side (the leakage control)."""
+    frames = [combination_summary(work_dir, split, n_boot=n_boot, seed=seed).assign(split=split)
+              for split in SPLITS]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    shared = table.groupby("combo")["split"].nunique()
+    return table[table["combo"].isin(shared[shared > 1].index)].reset_index(drop=True)
+
+
+def results_summary(summary: pd.DataFrame, ranked: pd.DataFrame, by_split: pd.DataFrame,
+                    baselines: pd.DataFrame) -> str:
+    """The chapter's closing paragraph, with the figures that matter."""
+    if summary.empty:
+        return "No patient-grouped run was found."
+    best = summary.sort_values("patient_auc", ascending=False).iloc[0]
+    worst = summary.sort_values("patient_auc").iloc[0]
+    text = [
+        f"Best combination (patient-level AUC): **{int(best.combo)} {best['name']}**, AUC "
+        f"{best.patient_auc:.2f} (95% CI {best.patient_auc_low:.2f}-{best.patient_auc_high:.2f}); "
+        f"worst: {int(worst.combo)} {worst['name']}, AUC {worst.patient_auc:.2f}.",
+    ]
+    if len(ranked) > 1:
+        close = ranked[(ranked["ci_high"] >= 0) & (ranked["rank"] > 1)]
+        text.append(f"{len(close)} of {len(ranked) - 1} other combinations are not "
+                    "distinguishable from the best at 95% (paired bootstrap).")
+    if len(by_split):
+        means = by_split.groupby("split")["slice_accuracy_mean"].mean()
+        parts = [f"{split} {value:.2f}" for split, value in means.items()]
+        text.append("Mean slice-level test accuracy by split: " + ", ".join(parts) + ".")
+    if len(baselines):
+        parts = [f"{r.model} {r.patient_auc:.2f}" for r in baselines.itertuples()]
+        text.append("Patient-level AUC of the baselines on the same folds: " + ", ".join(parts)
+                    + ".")
+    return " ".join(text)

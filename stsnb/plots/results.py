@@ -1,0 +1,127 @@
+"""Figures of chapter 05: the study's comparison, ROC curves, ranking, leakage and calibration."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from ..results import STUDY_TABLE, roc_points
+
+
+def accuracy_by_set_figure(summary: pd.DataFrame) -> Figure:
+    """The study's first results figure: mean accuracy on train, validation and test sets."""
+    long = summary.melt(id_vars=["combo"], value_vars=["train_accuracy", "val_accuracy",
+                                                      "test_accuracy"],
+                        var_name="set", value_name="accuracy")
+    long["set"] = long["set"].str.replace("_accuracy", "")
+    fig, ax = plt.subplots(figsize=(10, 4))
+    sns.barplot(data=long, x="combo", y="accuracy", hue="set", ax=ax)
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_title("Slice-level accuracy per combination (mean over folds)")
+    ax.set_xlabel("combination")
+    ax.set_ylabel("accuracy")
+    return fig
+
+
+def study_comparison_figure(summary: pd.DataFrame) -> Figure:
+    """Our slice-level test accuracy (mean ± std over folds) beside the study's, per combination."""
+    study = STUDY_TABLE.set_index("number")
+    combos = [c for c in summary["combo"] if c in study.index]
+    ours = summary.set_index("combo").loc[combos]
+    x = np.arange(len(combos))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar(x - 0.2, study.loc[combos, "accuracy_mean"], 0.4,
+           yerr=study.loc[combos, "accuracy_std"], label="study (slice-level split)")
+    ax.bar(x + 0.2, ours["slice_accuracy_mean"], 0.4, yerr=ours["slice_accuracy_std"],
+           label="this build")
+    ax.set_xticks(x, [str(c) for c in combos])
+    ax.set_ylim(0, 1)
+    ax.set_title("Test accuracy per combination: the study and this build")
+    ax.set_xlabel("combination")
+    ax.set_ylabel("accuracy (mean ± std over folds)")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def roc_figure(predictions: dict[int, pd.DataFrame], names: dict[int, str]) -> Figure:
+    """Patient-level ROC curve of each combination, AUC in the legend."""
+    from ..results import binary_metrics, patient_predictions
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for combo, preds in sorted(predictions.items()):
+        points = roc_points(preds, level="patient")
+        patients = patient_predictions(preds)
+        auc = binary_metrics(patients["label"], patients["prob"])["auc"]
+        ax.plot(points["fpr"], points["tpr"], label=f"{combo} {names.get(combo, '')} "
+                f"(AUC {auc:.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8)
+    ax.set_title("ROC per combination (patient level)")
+    ax.set_xlabel("false-positive rate (1 - specificity)")
+    ax.set_ylabel("true-positive rate (sensitivity)")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def ranking_figure(ranked: pd.DataFrame) -> Figure:
+    """AUC difference to the best combination with its paired-bootstrap 95% CI."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    y = np.arange(len(ranked))
+    ax.errorbar(ranked["auc_minus_best"], y,
+                xerr=[ranked["auc_minus_best"] - ranked["ci_low"],
+                      ranked["ci_high"] - ranked["auc_minus_best"]], fmt="o", capsize=3)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(y, [f"#{r.rank}: combination {r.combo}" for r in ranked.itertuples()])
+    ax.invert_yaxis()
+    ax.set_title("Ranking: patient-level AUC minus the best combination's")
+    ax.set_xlabel("AUC difference (95% paired bootstrap CI)")
+    ax.set_ylabel("combination")
+    return fig
+
+
+def leakage_figure(by_split: pd.DataFrame) -> Figure:
+    """Slice-level test accuracy and patient-level AUC per split (patient, slice, random)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    sns.barplot(data=by_split, x="combo", y="slice_accuracy_mean", hue="split", ax=axes[0])
+    axes[0].set_title("Slice-level test accuracy by split")
+    axes[0].set_ylabel("accuracy (mean over folds)")
+    sns.barplot(data=by_split, x="combo", y="patient_auc", hue="split", ax=axes[1])
+    axes[1].set_title("Patient-level AUC by split")
+    axes[1].set_ylabel("AUC")
+    for ax in axes:
+        ax.set_ylim(0, 1)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("combination")
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(curve: pd.DataFrame, brier: float, title: str) -> Figure:
+    """Reliability plot: observed frequency of metastasis against predicted probability."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
+    ax.plot(curve["predicted"], curve["observed"], "o-", label=f"model (Brier {brier:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.set_xlabel("predicted probability of distant metastasis")
+    ax.set_ylabel("observed frequency")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def histories_figure(history: pd.DataFrame, title: str) -> Figure:
+    """Loss and accuracy per epoch (train and validation), one line per fold."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, value in zip(axes, ("loss", "accuracy"), strict=True):
+        sns.lineplot(data=history, x="epoch", y=value, hue="phase", units="fold",
+                     estimator=None, alpha=0.6, ax=ax)
+        ax.set_title(f"{value.capitalize()} per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy loss" if value == "loss" else "accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
