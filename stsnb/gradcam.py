@@ -1,0 +1,189 @@
+"""Stage 06: Grad-CAM on VGG-19's last convolutional layer, and how much of it lies in the GTV.
+
+Maps come from the grad-cam package (pytorch-grad-cam) for the class "distant metastasis" on
+each fold's own network and that fold's test slices. A map's *mass* is the sum of its values;
+the share inside the GTV is compared with the share chance would give (GTV area / body area).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy import ndimage
+from torch import nn
+
+from .errors import StsnbError
+from .model import ModelBundle
+
+#: Positive class index of the two-class head (distant metastasis).
+POSITIVE_CLASS = 1
+#: Width of the ring around the GTV, mm.
+RING_MM = 10.0
+#: Normalized CT above which a pixel counts as body (air is 0 after min-max over the slab).
+BODY_THRESHOLD = 0.05
+
+
+class _NormalizedInput(nn.Module):
+    """The network with its ImageNet input normalization in front: takes [0, 1] RGB."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        super().__init__()
+        self.transform = bundle.transform
+        self.model = bundle.model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.transform(x))
+
+
+def last_conv_layer(model: nn.Module) -> nn.Conv2d:
+    """VGG-19's last convolutional layer (`features[34]`, 512 channels, 14 x 14 at 224 px)."""
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise StsnbError("The model has no convolutional layer for Grad-CAM.")
+    return convs[-1]
+
+
+def gradcam_maps(bundle: ModelBundle, images: np.ndarray, target_class: int = POSITIVE_CLASS,
+                 batch_size: int = 8) -> np.ndarray:
+    """Grad-CAM maps (n, H, W) in [0, 1] for [0, 1] RGB inputs (n, 3, H, W), in float32."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise StsnbError(f"Grad-CAM expects (n, 3, H, W) images; got shape {images.shape}.")
+    wrapped = _NormalizedInput(bundle).float().eval()
+    device = next(bundle.model.parameters()).device
+    wrapped.to(device).to(memory_format=torch.contiguous_format)
+    layer = last_conv_layer(bundle.model)
+    maps = []
+    with GradCAM(model=wrapped, target_layers=[layer]) as cam:
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+            chunk = chunk.float().to(device).requires_grad_(True)
+            targets = [ClassifierOutputTarget(target_class)] * len(chunk)
+            maps.append(cam(input_tensor=chunk, targets=targets))
+    return np.concatenate(maps).astype(np.float32)
+
+
+def ring_mask(gtv: np.ndarray, width_px: int) -> np.ndarray:
+    """Pixels within `width_px` of the GTV but outside it (bool, same shape)."""
+    grown = ndimage.binary_dilation(gtv, iterations=max(int(width_px), 1))
+    return grown & ~gtv
+
+
+def mass_shares(cam: np.ndarray, gtv: np.ndarray, body: np.ndarray,
+                ring_px: int) -> dict[str, float]:
+    """Share of one map's mass inside the GTV, in the ring around it, and chance's share.
+
+    Chance = GTV area / body area (a map spread evenly over the body).
+    """
+    gtv, body = gtv.astype(bool), body.astype(bool) | gtv.astype(bool)
+    total = float(cam.sum())
+    ring = ring_mask(gtv, ring_px) & body
+    share = (lambda m: float(cam[m].sum()) / total) if total > 0 else (lambda m: float("nan"))
+    return {
+        "share_gtv": share(gtv),
+        "share_ring": share(ring),
+        "chance_gtv": float(gtv.sum()) / max(float(body.sum()), 1.0),
+        "chance_ring": float(ring.sum()) / max(float(body.sum()), 1.0),
+    }
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, weight: float = 0.45) -> np.ndarray:
+    """The map over the three input channels (3, H, W) in [0, 1] -> (H, W, 3) uint8, RGB order."""
+    image = np.clip(np.moveaxis(rgb, 0, -1), 0.0, 1.0).astype(np.float32)
+    return show_cam_on_image(image, cam, use_rgb=True, image_weight=1.0 - weight)
+
+
+def outcome_class(label: int, prob: float, threshold: float = 0.5) -> str:
+    """TP, FP, TN or FN of one prediction."""
+    called = prob >= threshold
+    if label == 1:
+        return "TP" if called else "FN"
+    return "FP" if called else "TN"
+
+
+@dataclass
+class GradCamResult:
+    """Per-slice shares (the table) and the maps/inputs of the slices shown."""
+
+    table: pd.DataFrame
+    maps: np.ndarray
+    images: np.ndarray
+    gtv: np.ndarray
+    combo: int
+
+
+def select_slices(predictions: pd.DataFrame, per_fold: int, seed: int = 0) -> pd.DataFrame:
+    """Up to `per_fold` test slices per fold, spread over the outcome classes (seeded)."""
+    table = predictions.copy()
+    table["outcome"] = [outcome_class(int(y), float(p))
+                        for y, p in zip(table["label"], table["prob"], strict=True)]
+    picked = []
+    for _, group in table.groupby("fold"):
+        shuffled = group.sample(frac=1.0, random_state=seed)
+        by_class = [g for _, g in shuffled.groupby("outcome")]
+        take = []
+        while len(take) < per_fold and any(len(g) for g in by_class):
+            for i, g in enumerate(by_class):
+                if len(g) and len(take) < per_fold:
+                    take.append(g.iloc[0])
+                    by_class[i] = g.iloc[1:]
+        picked.append(pd.DataFrame(take))
+    return pd.concat(picked, ignore_index=True)
+
+
+def body_masks(store, rows: np.ndarray) -> np.ndarray:
+    """Body pixels of each stored slice: CT above the air level, or any image non-zero."""
+    if "ct" in store.modalities:
+        return store.modality(rows, "ct") > BODY_THRESHOLD
+    stacked = store.images(rows, tuple(store.modalities[:3]))
+    return stacked.max(axis=1) > 0
+
+
+def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
+                per_fold: int = 8, device: str = "cpu", seed: int = 0) -> GradCamResult:
+    """Grad-CAM of each fold's network on its own test slices, with the mass shares."""
+    from .combinations import resolve_combo
+    from .results import load_predictions, predictions_path
+    from .training import fold_model
+
+    combination = resolve_combo(combo, tuple(store.modalities))
+    predictions = load_predictions(predictions_path(work_dir, split, combination.number))
+    chosen = select_slices(predictions, per_fold, seed)
+    lookup = store.index.set_index(["patient_id", "slice_index"])["row"]
+    chosen["row"] = [int(lookup.loc[(p, s)]) for p, s in
+                     zip(chosen["patient_id"], chosen["slice_index"], strict=True)]
+    maps, images, gtvs, rows_out = [], [], [], []
+    for fold, group in chosen.groupby("fold", sort=True):
+        bundle = fold_model(work_dir, split, combination.number, int(fold), store, device=device)
+        rows = group["row"].to_numpy()
+        rgb = store.images(rows, combination.channels)
+        maps.append(gradcam_maps(bundle, rgb))
+        images.append(rgb)
+        gtvs.append(store.gtv_masks(rows))
+        rows_out.append(group)
+    table = pd.concat(rows_out, ignore_index=True)
+    maps_arr, images_arr, gtv_arr = (np.concatenate(maps), np.concatenate(images),
+                                     np.concatenate(gtvs))
+    body = body_masks(store, table["row"].to_numpy())
+    pixel_mm = store.pixel_mm(table["row"].to_numpy())
+    shares = [mass_shares(maps_arr[i], gtv_arr[i], body[i],
+                          int(round(RING_MM / float(pixel_mm[i])))) for i in range(len(table))]
+    table = pd.concat([table, pd.DataFrame(shares)], axis=1)
+    return GradCamResult(table=table, maps=maps_arr, images=images_arr, gtv=gtv_arr,
+                         combo=combination.number)
+
+
+def share_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean share of map mass in the GTV and ring against chance, per fold and outcome class."""
+    group_cols = ["fold", "label"]
+    summary = table.groupby(group_cols)[["share_gtv", "chance_gtv", "share_ring",
+                                         "chance_ring"]].mean()
+    summary["n_slices"] = table.groupby(group_cols).size()
+    summary["gtv_share_over_chance"] = summary["share_gtv"] / summary["chance_gtv"]
+    return summary.reset_index()
