@@ -187,3 +187,20 @@ def share_summary(table: pd.DataFrame) -> pd.DataFrame:
     summary["n_slices"] = table.groupby(group_cols).size()
     summary["gtv_share_over_chance"] = summary["share_gtv"] / summary["chance_gtv"]
     return summary.reset_index()
+
+
+def gradcam_summary(result: GradCamResult) -> str:
+    """The chapter's closing sentence: where the maps fall, against chance."""
+    t = result.table
+    if t.empty:
+        return "No slices were analysed."
+    ratio = t["share_gtv"].mean() / max(t["chance_gtv"].mean(), 1e-9)
+    by_label = t.groupby("label")["share_gtv"].mean()
+    parts = ", ".join(f"{'DM+' if k == 1 else 'DM-'} {v:.2f}" for k, v in by_label.items())
+    return (
+        f"Combination {result.combo}, {len(t)} test slices over {t['fold'].nunique()} folds: "
+        f"on average {t['share_gtv'].mean():.2f} of a map's mass lies inside the GTV "
+        f"(chance {t['chance_gtv'].mean():.2f}, {ratio:.1f} times chance) and "
+        f"{t['share_ring'].mean():.2f} in the 10 mm ring around it (chance "
+        f"{t['chance_ring'].mean():.2f}). Inside-GTV share by outcome: {parts}."
+    )

@@ -1,0 +1,69 @@
+"""Figures of chapter 06: Grad-CAM overlays with the GTV contour, shares against chance."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from ..gradcam import GradCamResult, overlay
+from ..modalities import DISPLAY_NAMES
+
+OUTCOMES = ("TP", "FN", "FP", "TN")
+
+
+def overlays_figure(result: GradCamResult, channels: tuple[str, str, str],
+                    per_outcome: int = 2) -> Figure:
+    """True/false positives/negatives side by side: input RGB, then map over it, GTV in white."""
+    table = result.table
+    picks = [(o, i) for o in OUTCOMES for i in table.index[table["outcome"] == o][:per_outcome]]
+    if not picks:
+        fig, ax = plt.subplots()
+        ax.set_axis_off()
+        ax.set_title("No test slices to show")
+        return fig
+    fig, axes = plt.subplots(2, len(picks), figsize=(2.6 * len(picks), 5.6), squeeze=False)
+    rgb_name = " / ".join(DISPLAY_NAMES.get(c, c) for c in channels)
+    for col, (outcome, i) in enumerate(picks):
+        row = table.loc[i]
+        rgb = np.clip(np.moveaxis(result.images[i], 0, -1), 0, 1)
+        axes[0, col].imshow(rgb)
+        axes[1, col].imshow(overlay(result.images[i], result.maps[i]))
+        for ax in axes[:, col]:
+            ax.contour(result.gtv[i], levels=[0.5], colors="white", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, col].set_title(f"{outcome}: {row['patient_id']} z{int(row['slice_index'])}\n"
+                               f"p = {row['prob']:.2f}", fontsize=8)
+        axes[1, col].set_xlabel(f"GTV share {row['share_gtv']:.2f}\n"
+                                f"(chance {row['chance_gtv']:.2f})", fontsize=8)
+    axes[0, 0].set_ylabel(f"input (R/G/B = {rgb_name})", fontsize=8)
+    axes[1, 0].set_ylabel("Grad-CAM (jet) over input", fontsize=8)
+    fig.suptitle("Grad-CAM for 'distant metastasis' by outcome class (GTV contour in white)")
+    fig.tight_layout()
+    return fig
+
+
+def shares_figure(table: pd.DataFrame) -> Figure:
+    """Share of map mass inside the GTV and in the 10 mm ring, against chance, per class."""
+    long = pd.concat([
+        table.assign(region="GTV", share=table["share_gtv"], chance=table["chance_gtv"]),
+        table.assign(region="ring (10 mm)", share=table["share_ring"],
+                     chance=table["chance_ring"]),
+    ])
+    long["outcome (label)"] = long["label"].map({1: "DM+", 0: "DM-"})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    sns.boxplot(data=long, x="region", y="share", hue="outcome (label)", ax=axes[0])
+    axes[0].set_title("Share of Grad-CAM mass per region")
+    axes[0].set_ylabel("share of map mass")
+    sns.scatterplot(data=long, x="chance", y="share", hue="region", style="outcome (label)",
+                    ax=axes[1])
+    limit = float(max(long["share"].max(), long["chance"].max(), 0.05))
+    axes[1].plot([0, limit], [0, limit], color="grey", ls="--", lw=0.8, label="chance")
+    axes[1].set_title("Share against chance (area / body area)")
+    axes[1].set_xlabel("chance share (region area / body area)")
+    axes[1].set_ylabel("share of map mass")
+    fig.tight_layout()
+    return fig
