@@ -69,49 +69,65 @@ def tumour_slab_figure(patients: pd.DataFrame, margin_mm: float) -> Figure:
     return fig
 
 
-def _stats(row: pd.Series) -> dict:
-    return {"whislo": row["p01"], "q1": row["p25"], "med": row["p50"], "q3": row["p75"],
-            "whishi": row["p99"], "fliers": [], "label": row["patient_id"]}
+def _gtv_stats(row: pd.Series) -> dict:
+    return {"whislo": row["gtv_p05"], "q1": row["gtv_p25"], "med": row["gtv_p50"],
+            "q3": row["gtv_p75"], "whishi": row["gtv_p95"], "fliers": [],
+            "label": row["patient_id"]}
 
 
-def _normalized_values(store: SliceStore, rows: np.ndarray, modality: str) -> np.ndarray:
-    """Stored values inside each slice's placed region (the zero padding left out)."""
+def _normalized_values(store: SliceStore, rows: np.ndarray,
+                       modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stored values inside each slice's placed region (padding left out), and inside the GTV."""
     values = store.modality(rows, modality)
-    out = []
-    for value, pid in zip(values, store.index["patient_id"].to_numpy()[rows], strict=True):
+    masks = store.gtv_masks(rows)
+    region, tumour = [], []
+    for value, mask, pid in zip(values, masks, store.index["patient_id"].to_numpy()[rows],
+                                strict=True):
         r0, r1, c0, c1 = store.content_box(pid)
-        out.append(value[r0:r1, c0:c1].ravel())
-    return np.concatenate(out) if out else np.empty(0)
+        region.append(value[r0:r1, c0:c1].ravel())
+        tumour.append(value[mask])
+    return np.concatenate(region), np.concatenate(tumour)
 
 
 def intensity_figure(store: SliceStore, max_rows: int = 300, seed: int = 0) -> Figure:
-    """Top: raw intensities per patient over the kept slab (1-25-50-75-99th percentiles, units).
-    Bottom: the stored values after min-max normalization (a sample of slices, padding left out).
+    """Top: raw values per patient in the image's unit: the slab's min-max (the normalization
+    range, grey) and the GTV's 5-25-50-75-95th percentiles (box). Bottom: the stored values after
+    normalization on a sample of slices, padding left out, and those inside the GTV.
     """
     modalities = store.modalities
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(store), size=min(max_rows, len(store)), replace=False))
-    fig, axes = plt.subplots(2, len(modalities), figsize=(3.3 * len(modalities), 6.4),
+    fig, axes = plt.subplots(2, len(modalities), figsize=(3.4 * len(modalities), 6.6),
                              squeeze=False)
     for k, modality in enumerate(modalities):
         name = DISPLAY_NAMES.get(modality, modality)
         raw = store.intensities[store.intensities["modality"] == modality]
-        raw = raw.sort_values("p50")
+        raw = raw.sort_values("gtv_p50").reset_index(drop=True)
         ax = axes[0, k]
-        ax.bxp([_stats(r) for _, r in raw.iterrows()], showfliers=False, widths=0.7,
-               medianprops={"color": "#c0392b"})
+        positions = np.arange(1, len(raw) + 1)
+        ax.vlines(positions, raw["min"], raw["max"], color="#bbbbbb", lw=1.0)
+        ax.bxp([_gtv_stats(r) for _, r in raw.iterrows()], positions=positions,
+               showfliers=False, widths=0.7, patch_artist=True,
+               boxprops={"facecolor": "#dd8452", "linewidth": 0.5},
+               medianprops={"color": "black"}, whiskerprops={"linewidth": 0.5},
+               capprops={"linewidth": 0.5})
         ax.set_xticks([])
-        ax.set_xlabel(f"patients (n = {len(raw)}), by median")
+        ax.set_xlabel(f"patients (n = {len(raw)}), by GTV median")
         ax.set_ylabel(f"{name} ({UNITS.get(modality, 'a.u.')})")
-        ax.set_title(f"{name}: before normalization")
-        values = _normalized_values(store, rows, modality)
+        ax.set_title(f"{name}: before")
+        region, tumour = _normalized_values(store, rows, modality)
         ax = axes[1, k]
-        ax.hist(values, bins=50, range=(0.0, 1.0), color="#4c72b0", density=True)
+        ax.hist(region, bins=50, range=(0.0, 1.0), color="#9db4d6", density=True,
+                label="slice")
+        ax.hist(tumour, bins=50, range=(0.0, 1.0), color="#dd8452", density=True,
+                histtype="step", lw=1.5, label="GTV")
         ax.set_yscale("log")
         ax.set_xlabel(f"{name}, normalized (0-1)")
         ax.set_ylabel("density (log)")
         ax.set_title(f"{name}: after ({len(rows)} slices)")
-    fig.suptitle(f"Intensities before and after min-max normalization ({store.normalization})")
+        ax.legend(fontsize=7)
+    fig.suptitle("Intensities before (grey: the slab's min-max, box: GTV) and after min-max "
+                 f"normalization ({store.normalization})")
     fig.tight_layout()
     return fig
 
