@@ -10,8 +10,13 @@ WORK_DIR ?= work
 PROFILE ?= auto
 SEED ?= 0
 PATIENTS ?= 72
+DEVICE ?= auto
+WEIGHTS ?= auto
+COMBOS ?=
+RUN_ARGS = --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) --profile $(PROFILE) \
+    --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS)
 
-.PHONY: env data book run lab test lint check-notebooks browser clean
+.PHONY: env data book run train lab test lint check-notebooks browser clean
 
 env: $(STAMP)
 
@@ -31,13 +36,18 @@ data: env
 ## Everything: environment, synthetic cohort (default cohort only), all chapters, HTML book.
 book: env
 	@if [ "$(COHORT_DIR)" = "data/synthetic" ]; then $(MAKE) --no-print-directory data; fi
-	$(PY) -m stsnb book --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
-	    --profile $(PROFILE) --seed $(SEED)
+	$(PY) -m stsnb book $(RUN_ARGS)
 
 ## Execute the chapters without building the book.
 run: env
-	$(PY) -m stsnb run --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
-	    --profile $(PROFILE) --seed $(SEED)
+	$(PY) -m stsnb run $(RUN_ARGS)
+
+## Chapter 04 only, one papermill run per combination (COMBOS="1 9"; default all ten),
+## resuming: combinations already done with the same configuration are skipped.
+train: env
+	$(PY) -m stsnb.batch --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
+	    --profile $(PROFILE) --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS) \
+	    $(if $(COMBOS),--combos $(COMBOS),)
 
 ## JupyterLab on the notebooks, with the project's environment.
 lab: env

@@ -37,7 +37,9 @@ def _run(args: argparse.Namespace) -> None:
     from .book import CHAPTERS, run_chapters
 
     chapters = tuple(args.chapters) if args.chapters else CHAPTERS
-    run_chapters(args.cohort_dir, args.work_dir, args.profile, args.seed, chapters)
+    combos = tuple(args.combos) if args.combos else None
+    run_chapters(args.cohort_dir, args.work_dir, args.profile, args.seed, chapters,
+                 combos=combos, device=args.device, weights=args.weights)
 
 
 def _book(args: argparse.Namespace) -> None:
@@ -64,6 +66,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default="work", help="work folder for all outputs")
     parser.add_argument("--profile", default="auto", choices=["auto", "smoke", "quick", "paper"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--weights", default="auto",
+                        help="imagenet | none | auto | path to a VGG-19 state dict")
+    parser.add_argument("--combos", nargs="*", help="combinations for chapter 04 (default all)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,8 +25,16 @@ from .store import atomic_path, ensure_writable_dir, record_timing, write_text_a
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-#: The chapters in book order (later chapters are appended as they exist).
-CHAPTERS: tuple[str, ...] = ("01_data_curation",)
+#: The chapters in book order; 04_training runs once per combination and split (stsnb.batch).
+CHAPTERS: tuple[str, ...] = (
+    "01_data_curation",
+    "02_registration_qa",
+    "03_preprocessing",
+    "04_training",
+    "05_cv_results",
+    "06_gradcam",
+)
+TRAINING_CHAPTER = "04_training"
 BOOK_FILES = ("_config.yml", "_toc.yml")
 #: Cell tags that keep papermill's injected cell and the default parameters out of the book.
 HIDDEN_TAGS = {"injected-parameters": "remove-cell", "parameters": "remove-cell"}
@@ -128,8 +136,15 @@ def run_chapters(
     profile: str = "auto",
     seed: int = 0,
     chapters: tuple[str, ...] = CHAPTERS,
+    combos: tuple[int | str, ...] | None = None,
+    device: str = "auto",
+    weights: str = "auto",
 ) -> list[Path]:
-    """Execute each chapter in order for one cohort and work dir; return the executed notebooks."""
+    """Execute each chapter in order for one cohort and work dir; return the executed notebooks.
+
+    Chapter 04 runs as a batch: every combination (or `combos`) under the patient split, then
+    the controls the profile asks for; runs already done with the same configuration are kept.
+    """
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
     generated = prepare_book_root(book_root(work_dir))
     parameters = {
@@ -138,10 +153,20 @@ def run_chapters(
         "profile": profile,
         "seed": int(seed),
     }
+    unknown = [c for c in chapters if c not in CHAPTERS]
+    if unknown:
+        raise StsnbError(f"Unknown chapter(s) {unknown}: expected some of {list(CHAPTERS)}.")
     outputs = []
     for name in chapters:
+        if name == TRAINING_CHAPTER:
+            from .batch import run_training_batch
+
+            outputs += run_training_batch(cohort_dir, work_dir, profile, seed, combos=combos,
+                                          device=device, weights=weights)
+            continue
+        extra = {"device": device} if name == "06_gradcam" else {}
         print(f"[stsnb] executing {name} -> {generated / (name + '.ipynb')}", flush=True)
-        outputs.append(execute_chapter(name, generated, parameters, work_dir))
+        outputs.append(execute_chapter(name, generated, {**parameters, **extra}, work_dir))
     return outputs
 
 

@@ -95,10 +95,18 @@ def test_book_toc_lists_existing_pages():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "off"
     assert (ROOT / f"{toc['root']}.md").exists()
+    from stsnb.book import CHAPTERS
+
+    listed = []
     for part in toc["parts"]:
         for chapter in part["chapters"]:
             stem = chapter["file"]
             if stem.startswith("book/generated/"):
                 assert (ROOT / "notebooks" / f"{Path(stem).name}.ipynb").exists()
+                listed.append(Path(stem).name)
             else:
                 assert (ROOT / f"{stem}.md").exists()
+            for section in chapter.get("sections", []):
+                assert section["glob"] == "book/generated/04_training_*"
+                listed.append("04_training")
+    assert listed == list(CHAPTERS)
