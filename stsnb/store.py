@@ -23,6 +23,8 @@ import pandas as pd
 from .errors import StsnbError
 
 STAGE_RECORD = "stage.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -37,6 +39,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -52,7 +52,7 @@ def shares_figure(table: pd.DataFrame) -> Figure:
         table.assign(region="GTV", share=table["share_gtv"], chance=table["chance_gtv"]),
         table.assign(region="ring (10 mm)", share=table["share_ring"],
                      chance=table["chance_ring"]),
-    ])
+    ], ignore_index=True)
     long["outcome (label)"] = long["label"].map({1: "DM+", 0: "DM-"})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     sns.boxplot(data=long, x="region", y="share", hue="outcome (label)", ax=axes[0])
