@@ -16,17 +16,31 @@ PROFILES = ("auto", "smoke", "quick", "paper")
 
 @dataclass(frozen=True)
 class RegistrationConfig:
-    """MR-to-CT registration settings (SimpleITK)."""
+    """MR-to-CT registration settings (SimpleITK; CT fixed, MR moving; lengths in mm).
 
-    rigid_iterations: int = 200  # per resolution level; gradient descent on Mattes MI
-    rigid_shrink_factors: tuple[int, ...] = (4, 2, 1)  # multi-resolution pyramid
-    rigid_smoothing_sigmas_mm: tuple[float, ...] = (4.0, 2.0, 0.0)  # per level, mm
+    A cohort may override any field in the [registration] table of its cohort.toml.
+    """
+
+    initialization: str = "auto"  # auto | scanner | geometry (see stsnb.registration.rigid)
+    rigid_iterations: int = 200  # per level; regular-step gradient descent on Mattes MI
+    rigid_shrink_factors: tuple[int, ...] = (4, 2, 1)  # multi-resolution pyramid (working grid)
+    rigid_smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)  # per level, mm
+    rigid_z_starts_mm: tuple[float, ...] = (-16.0, -8.0, 8.0, 16.0)  # restarts along CT z, mm
+    rigid_z_rotations_deg: tuple[float, ...] = (-8.0, -4.0, 4.0, 8.0)  # restarts about CT z
     mi_histogram_bins: int = 50  # Mattes MI bins (SimpleITK's usual default)
     mi_sampling_fraction: float = 0.05  # random voxel sampling for the metric
+    working_spacing_mm: float = 2.0  # images binned to about this voxel size first (0 = off)
+    refine_sequences: bool = False  # per-sequence rigid MR-to-MR refinement (inter-sequence motion)
+    refine_iterations: int = 60  # iterations of that refinement
     deformable: bool = True  # the study: deformable registration for contour propagation
-    bspline_mesh_mm: float = 50.0  # B-spline control-point spacing, mm
-    bspline_iterations: int = 60  # LBFGS-B iterations
-    roi_margin_mm: float = 30.0  # deformable step limited to the tumour +- this margin (>= 10 mm)
+    bspline_mesh_mm: float = 90.0  # B-spline control-point spacing, mm
+    bspline_iterations: int = 200  # regular-step gradient descent iterations per level
+    bspline_shrink_factors: tuple[int, ...] = (1,)  # pyramid of that step (working grid)
+    bspline_smoothing_sigmas_mm: tuple[float, ...] = (0.0,)  # per level, mm (smoothing made MI
+    # prefer wrong deformations on the synthetic cohort: the last level is best unsmoothed)
+    bspline_samples: int = 20000  # random points per level for the deformable metric
+    bspline_z_damping: float = 10.0  # z coefficients take this many times smaller steps
+    roi_margin_mm: float = 30.0  # deformable step: tumour z-extent +- this margin (>= 10 mm)
 
 
 @dataclass(frozen=True)
@@ -83,10 +97,8 @@ QUICK = Profile(
     "5 folds, fewer epochs, lighter registration, controls on a subset of combinations.",
     registration=RegistrationConfig(
         rigid_iterations=100,
-        rigid_shrink_factors=(4, 2),
-        rigid_smoothing_sigmas_mm=(4.0, 2.0),
-        bspline_mesh_mm=60.0,
-        bspline_iterations=30,
+        bspline_iterations=100,
+        bspline_samples=10000,
     ),
     preprocessing=PreprocessingConfig(max_slices_per_patient=8),
     training=TrainingConfig(folds=5, max_epochs=20, patience=5, control_combos=(1, 9)),
@@ -96,11 +108,13 @@ SMOKE = Profile(
     name="smoke",
     description="Tests only: a tiny cohort, small input size, 2 folds, 2 epochs.",
     registration=RegistrationConfig(
-        rigid_iterations=30,
-        rigid_shrink_factors=(4,),
-        rigid_smoothing_sigmas_mm=(4.0,),
-        bspline_mesh_mm=80.0,
-        bspline_iterations=5,
+        rigid_iterations=40,
+        rigid_shrink_factors=(4, 2),
+        rigid_smoothing_sigmas_mm=(2.0, 0.0),
+        rigid_z_starts_mm=(-8.0, 8.0),
+        rigid_z_rotations_deg=(),
+        bspline_iterations=20,
+        bspline_samples=3000,
     ),
     preprocessing=PreprocessingConfig(canvas_px=128, input_px=64, max_slices_per_patient=4),
     training=TrainingConfig(folds=2, max_epochs=2, patience=1, batch_size=16, control_combos=(1,)),

@@ -1,0 +1,141 @@
+"""Chapter 04 as a papermill batch: one executed notebook per combination and split.
+
+Each run executes ``notebooks/04_training.ipynb`` into the book's generated folder as
+``04_training_combo<NN>.ipynb`` (patient split) or ``04_training_combo<NN>_<split>.ipynb``
+(controls). A run whose outputs exist with the same configuration, and whose executed notebook
+is newer than them, is skipped, so a rerun resumes where the last one stopped.
+
+    python -m stsnb.batch --cohort-dir data/synthetic --work-dir work --combos 1 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import nbformat
+
+from .book import book_root, execute_chapter, prepare_book_root
+from .combinations import Combination, combinations_for, resolve_combo
+from .config import PROFILES, Profile, resolve_profile
+from .errors import StsnbError
+from .folds import SPLITS, check_split
+from .plots.training import combination_label
+from .store import atomic_path, ensure_writable_dir
+from .training import RUN_RECORD, is_done, open_slices, run_dir
+
+CHAPTER = "04_training"
+
+
+def notebook_name(combo: int, split: str = "patient") -> str:
+    """``04_training_combo09`` for the patient split, ``04_training_combo09_slice`` otherwise."""
+    suffix = "" if split == "patient" else f"_{split}"
+    return f"{CHAPTER}_combo{int(combo):02d}{suffix}"
+
+
+def training_jobs(profile: Profile, modalities: tuple[str, ...],
+                  combos: Sequence[int | str] | None = None,
+                  splits: Sequence[str] | None = None) -> list[tuple[int, str]]:
+    """(combination number, split) pairs in run order.
+
+    Default combinations: every three-image combination (the study's ten). Default splits: the
+    patient split for each, then the controls ('slice', 'random') for the profile's
+    `control_combos` (None = all). Splits given explicitly apply to every combination given.
+    """
+    if combos is None:
+        numbers = [c.number for c in combinations_for(modalities) if not c.is_single]
+    else:
+        numbers = list(dict.fromkeys(resolve_combo(c, modalities).number for c in combos))
+    if splits is not None:
+        chosen = [check_split(s) for s in splits]
+        return [(n, s) for s in chosen for n in numbers]
+    controls = profile.training.control_combos
+    jobs = [(n, "patient") for n in numbers]
+    for split in SPLITS[1:]:
+        jobs += [(n, split) for n in numbers if controls is None or n in controls]
+    return jobs
+
+
+def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
+                       profile: str = "auto", seed: int = 0,
+                       combos: Sequence[int | str] | None = None,
+                       splits: Sequence[str] | None = None, device: str = "auto",
+                       weights: str = "auto", precision: str = "auto") -> list[Path]:
+    """Execute chapter 04 for each (combination, split); return the executed notebooks."""
+    work_dir = ensure_writable_dir(Path(work_dir).resolve())
+    resolved = resolve_profile(profile)
+    store = open_slices(work_dir, resolved)
+    generated = prepare_book_root(book_root(work_dir))
+    weights_arg = str(Path(weights).resolve()) if Path(weights).is_file() else weights
+    outputs = []
+    for number, split in training_jobs(resolved, tuple(store.modalities), combos, splits):
+        name = notebook_name(number, split)
+        target = generated / f"{name}.ipynb"
+        record = run_dir(work_dir, split, number) / RUN_RECORD
+        if (target.exists() and record.exists()
+                and target.stat().st_mtime >= record.stat().st_mtime
+                and is_done(store, work_dir, resolved, number, split, seed, device, weights_arg,
+                            precision)):
+            print(f"[stsnb] {name}: done with this configuration, skipped", flush=True)
+            outputs.append(target)
+            continue
+        print(f"[stsnb] executing {CHAPTER} (combination {number}, {split} split) -> {target}",
+              flush=True)
+        parameters = {"cohort_dir": str(Path(cohort_dir).resolve()), "work_dir": str(work_dir),
+                      "profile": profile, "seed": int(seed), "combo": int(number),
+                      "split": split, "device": device, "weights": weights_arg,
+                      "precision": precision, "progress": False}
+        executed = execute_chapter(CHAPTER, generated, parameters, work_dir, stage_name=name)
+        retitle(executed, page_title(resolve_combo(number, tuple(store.modalities)), split))
+        outputs.append(executed)
+    return outputs
+
+
+SPLIT_TITLES = {"patient": "patient split", "slice": "slice split (the study's)",
+                "random": "permuted-label control"}
+
+
+def page_title(combination: Combination, split: str) -> str:
+    """The executed page's title, e.g. '04 Training: 9 Dose-T2w-CE-T1w, patient split'."""
+    return f"04 Training: {combination_label(combination)}, {SPLIT_TITLES[split]}"
+
+
+def retitle(path: Path, title: str) -> None:
+    """Give an executed chapter its own first heading (the book's page title and its toc)."""
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "markdown")
+    lines = first.source.splitlines()
+    first.source = "\n".join([f"# {title}", *lines[1:]])
+    with atomic_path(path) as tmp:
+        nbformat.write(nb, tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of the batch (what `make train` calls)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohort-dir", default="data/synthetic")
+    parser.add_argument("--work-dir", default="work")
+    parser.add_argument("--profile", default="auto", choices=PROFILES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--combos", nargs="*", default=None,
+                        help="numbers or names (default: all three-image combinations)")
+    parser.add_argument("--splits", nargs="*", default=None, choices=SPLITS,
+                        help="default: patient for all, controls per the profile")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", default="auto")
+    parser.add_argument("--precision", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        run_training_batch(args.cohort_dir, args.work_dir, args.profile, args.seed,
+                           args.combos or None, args.splits or None, args.device,
+                           args.weights, args.precision)
+    except StsnbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Which files one patient's registration reads: images, tumour mask, QA references (truth)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cohort import GTV_FILE, image_path
+from ..cohort_config import CohortConfig
+from ..errors import CohortError
+
+#: Synthetic ground truth (QA only): the GTV on the reference MR grid, and landmark pairs.
+TRUTH_CONTOUR = Path("truth") / "gtv_mr.nii.gz"
+TRUTH_LANDMARKS = Path("truth") / "landmarks_mm.csv"
+
+
+@dataclass(frozen=True)
+class PatientInputs:
+    """The files of one patient that the registration stage reads."""
+
+    patient_id: str
+    folder: Path
+    ct: Path
+    gtv: Path
+    reference: str  # the MR registered first (mr_reference)
+    registered: dict[str, Path]  # image -> file, reference first
+    same_frame: dict[str, Path]  # images already in the CT's frame (resampled, not registered)
+    contour: Path | None  # a tumour contour in a registered image's frame (QA only)
+    contour_modality: str | None  # which image's frame that contour is drawn in
+    landmarks: Path | None  # landmark pairs CT <-> reference MR (QA only)
+
+    def files(self) -> list[Path]:
+        """Every file read (their content hashes key the stage's record)."""
+        files = [self.ct, self.gtv, *self.registered.values(), *self.same_frame.values()]
+        return files + [p for p in (self.contour, self.landmarks) if p is not None]
+
+
+def patient_inputs(cohort_dir: str | Path, patient_id: str,
+                   config: CohortConfig) -> PatientInputs:
+    """The files of `patient_id`; CohortError when a declared image or the GTV is missing."""
+    folder = Path(cohort_dir) / str(patient_id)
+    if not config.mr_reference:
+        raise CohortError(
+            "the cohort declares no image to register (every image is the CT or in "
+            "same_frame_as_ct).", path=Path(cohort_dir) / "cohort.toml",
+            fix="declare the MR sequences in modalities, or skip chapter 02.")
+    order = [config.mr_reference] + [m for m in config.registered if m != config.mr_reference]
+    registered = {m: image_path(cohort_dir, patient_id, m) for m in order}
+    same_frame = {m: image_path(cohort_dir, patient_id, m) for m in config.same_frame_as_ct}
+    ct, gtv = image_path(cohort_dir, patient_id, "ct"), folder / GTV_FILE
+    for path in [ct, gtv, *registered.values(), *same_frame.values()]:
+        if not path.is_file():
+            raise CohortError(
+                f"{path.name} is missing, but the patient is included in the curated cohort.",
+                patient_id=patient_id, path=path,
+                fix="rerun chapter 01 (curation) so that cohort.csv reflects the cohort folder.")
+    contour, contour_modality = None, None
+    if (folder / TRUTH_CONTOUR).is_file():
+        contour, contour_modality = folder / TRUTH_CONTOUR, config.mr_reference
+    else:
+        for modality in order:
+            candidate = folder / f"gtv_{modality}.nii.gz"
+            if candidate.is_file():
+                contour, contour_modality = candidate, modality
+                break
+    landmarks = folder / TRUTH_LANDMARKS
+    return PatientInputs(
+        patient_id=str(patient_id), folder=folder, ct=ct, gtv=gtv,
+        reference=config.mr_reference, registered=registered, same_frame=same_frame,
+        contour=contour, contour_modality=contour_modality,
+        landmarks=landmarks if landmarks.is_file() else None,
+    )

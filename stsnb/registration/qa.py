@@ -1,0 +1,197 @@
+"""Registration QA table: one row per patient, flagged by documented thresholds (never dropped).
+
+A patient is flagged when any of these holds (the reasons are listed in ``flag_reason``):
+
+- Dice of the propagated MR contour vs the CT GTV after the final step < ``min_dice`` (0.80);
+- mean landmark TRE after the final step > ``max_tre_mm`` (3 mm);
+- minimum Jacobian determinant of the deformation < ``min_jacobian`` (0.1; <= 0 is folding);
+- largest B-spline displacement > ``max_displacement_mm`` (20 mm: implausible for a limb);
+- the deformable step lowered the Dice by more than ``max_dice_drop`` (0.05) against rigid;
+- mutual information after registration lower than before it (scanner positions);
+- less than ``min_gtv_in_mr_fov`` (99%) of the CT GTV inside the registered MR field of view;
+- the GTV touches the edge of the CT volume (the tumour may be cut off);
+- the MR did not overlap the CT in scanner coordinates (the image centres were aligned instead);
+- the deformable step failed (the rigid result is kept).
+
+Measures that cannot be computed (no reference contour, no landmarks) are empty and flag nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+#: The columns every reader relies on (DESIGN.md section 4), in this order.
+QA_COLUMNS = ("patient_id", "dice_rigid", "dice_deformable", "tre_rigid_mm", "tre_deformable_mm",
+              "min_jacobian", "seconds", "flagged")
+#: Further columns, after those.
+EXTRA_COLUMNS = ("flag_reason", "mi_before", "mi_rigid", "mi_deformable", "tre_max_rigid_mm",
+                 "tre_max_deformable_mm", "n_landmarks", "max_displacement_mm", "gtv_in_mr_fov",
+                 "gtv_touches_edge", "initialization", "scanner_overlap", "deformable",
+                 "deformable_error", "mr_reference", "reference_contour", "seconds_rigid",
+                 "seconds_deformable", "seconds_registration")
+
+
+@dataclass(frozen=True)
+class QAThresholds:
+    """Limits beyond which a patient is flagged for review (see the module docstring)."""
+
+    min_dice: float = 0.80
+    max_tre_mm: float = 3.0
+    min_jacobian: float = 0.1
+    max_displacement_mm: float = 20.0
+    max_dice_drop: float = 0.05
+    min_gtv_in_mr_fov: float = 0.99
+
+    def as_table(self) -> pd.DataFrame:
+        """(threshold, value) rows for the chapter."""
+        return pd.DataFrame(list(asdict(self).items()), columns=["threshold", "value"])
+
+
+def _final(row: pd.Series, rigid: str, deformable: str) -> float:
+    """The final step's value of a measure (deformable when that step ran, else rigid)."""
+    return row.get(deformable if row.get("deformable", False) else rigid, math.nan)
+
+
+def flag_reasons(row: pd.Series, limits: QAThresholds) -> list[str]:
+    """The reasons (possibly none) to flag one patient's registration."""
+    reasons = []
+    dice = _final(row, "dice_rigid", "dice_deformable")
+    if pd.notna(dice) and dice < limits.min_dice:
+        reasons.append(f"Dice {dice:.2f} < {limits.min_dice:.2f}")
+    tre = _final(row, "tre_rigid_mm", "tre_deformable_mm")
+    if pd.notna(tre) and tre > limits.max_tre_mm:
+        reasons.append(f"TRE {tre:.1f} mm > {limits.max_tre_mm:g} mm")
+    jac = row.get("min_jacobian", math.nan)
+    if pd.notna(jac) and jac < limits.min_jacobian:
+        reasons.append(f"min Jacobian {jac:.2f} < {limits.min_jacobian:g}"
+                       + (" (folding)" if jac <= 0 else ""))
+    disp = row.get("max_displacement_mm", math.nan)
+    if pd.notna(disp) and disp > limits.max_displacement_mm:
+        reasons.append(f"deformation {disp:.0f} mm > {limits.max_displacement_mm:g} mm")
+    drop = row.get("dice_rigid", math.nan) - row.get("dice_deformable", math.nan)
+    if pd.notna(drop) and drop > limits.max_dice_drop:
+        reasons.append(f"deformable step lowered Dice by {drop:.2f}")
+    after = _final(row, "mi_rigid", "mi_deformable")
+    before = row.get("mi_before", math.nan)
+    if pd.notna(before) and pd.notna(after) and after < before:
+        reasons.append("mutual information lower than before registration")
+    cover = row.get("gtv_in_mr_fov", math.nan)
+    if pd.notna(cover) and cover < limits.min_gtv_in_mr_fov:
+        reasons.append(f"only {cover:.0%} of the GTV inside the MR field of view")
+    if bool(row.get("gtv_touches_edge", False)):
+        reasons.append("GTV touches the edge of the CT volume")
+    failed = row.get("deformable_error", "")
+    if isinstance(failed, str) and failed:
+        reasons.append(f"deformable step failed, rigid result kept ({failed[:120]})")
+    if not bool(row.get("scanner_overlap", True)):
+        reasons.append("MR did not overlap the CT in scanner coordinates (centres aligned)")
+    return reasons
+
+
+def qa_table(rows: list[dict], limits: QAThresholds | None = None) -> pd.DataFrame:
+    """The QA table (QA_COLUMNS, then EXTRA_COLUMNS) with `flagged` and `flag_reason` filled."""
+    limits = limits or QAThresholds()
+    table = pd.DataFrame(rows)
+    for column in QA_COLUMNS + EXTRA_COLUMNS:
+        if column not in table.columns:
+            table[column] = math.nan
+    reasons = [flag_reasons(row, limits) for _, row in table.iterrows()]
+    table["flag_reason"] = ["; ".join(r) for r in reasons]
+    table["flagged"] = [bool(r) for r in reasons]
+    table["patient_id"] = table["patient_id"].astype(str)
+    return table[list(QA_COLUMNS + EXTRA_COLUMNS)]
+
+
+def read_qa(path) -> pd.DataFrame:
+    """Read qa.csv with its types (patient_id str, flagged bool, flag_reason str)."""
+    table = pd.read_csv(path, dtype={"patient_id": str, "flag_reason": str,
+                                     "reference_contour": str, "initialization": str,
+                                     "deformable_error": str})
+    table["flag_reason"] = table["flag_reason"].fillna("")
+    for column in ("reference_contour", "deformable_error"):
+        table[column] = table[column].fillna("").astype(str)
+    for column in ("flagged", "gtv_touches_edge", "scanner_overlap", "deformable"):
+        table[column] = table[column].astype(bool)
+    return table
+
+
+def flagged_first(table: pd.DataFrame) -> pd.DataFrame:
+    """The QA table with flagged patients on top (then by patient id)."""
+    return table.sort_values(["flagged", "patient_id"], ascending=[False, True]).reset_index(
+        drop=True)
+
+
+def qa_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Median [min-max] of Dice, TRE and MI per step, and the number of patients flagged."""
+    rows = []
+    measures = [("Dice", "dice_rigid", "dice_deformable", "{:.3f}"),
+                ("TRE mean (mm)", "tre_rigid_mm", "tre_deformable_mm", "{:.2f}"),
+                ("TRE max (mm)", "tre_max_rigid_mm", "tre_max_deformable_mm", "{:.2f}"),
+                ("MI (nats)", "mi_rigid", "mi_deformable", "{:.3f}")]
+    for name, rigid, deformable, fmt in measures:
+        row = {"measure": name}
+        for step, column in (("rigid", rigid), ("deformable", deformable)):
+            values = pd.to_numeric(table[column], errors="coerce").dropna()
+            row[step] = (f"{fmt.format(values.median())} [{fmt.format(values.min())}-"
+                         f"{fmt.format(values.max())}]" if len(values) else "-")
+        rows.append(row)
+    mi_before = pd.to_numeric(table["mi_before"], errors="coerce").dropna()
+    rows.append({"measure": "MI before registration (nats)",
+                 "rigid": f"{mi_before.median():.3f}" if len(mi_before) else "-",
+                 "deformable": ""})
+    jac = pd.to_numeric(table["min_jacobian"], errors="coerce").dropna()
+    rows.append({"measure": "min Jacobian determinant", "rigid": "",
+                 "deformable": f"{jac.min():.2f} (lowest)" if len(jac) else "-"})
+    rows.append({"measure": "patients flagged", "rigid": "",
+                 "deformable": f"{int(table['flagged'].sum())} of {len(table)}"})
+    return pd.DataFrame(rows)
+
+
+#: The QA table as the chapter shows it.
+DISPLAY_COLUMNS = ("patient_id", "flagged", "flag_reason", "dice_rigid", "dice_deformable",
+                   "tre_rigid_mm", "tre_deformable_mm", "tre_max_deformable_mm", "mi_before",
+                   "mi_rigid", "mi_deformable", "min_jacobian", "max_displacement_mm",
+                   "gtv_in_mr_fov", "initialization", "seconds")
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Flagged patients first, the columns a reader needs, numbers rounded."""
+    shown = flagged_first(table)[list(DISPLAY_COLUMNS)]
+    return shown.round({c: 3 for c in DISPLAY_COLUMNS if c.startswith(("dice", "mi", "gtv"))}
+                       | {c: 2 for c in DISPLAY_COLUMNS if c.endswith(("_mm", "jacobian"))}
+                       | {"seconds": 1})
+
+
+def registration_summary(table: pd.DataFrame, kept: int | None = None) -> str:
+    """A few sentences with the numbers that matter, for the chapter's summary."""
+
+    def median(column: str) -> float:
+        return float(pd.to_numeric(table[column], errors="coerce").median())
+
+    deformable = bool(table["deformable"].any())
+    steps = "rigid + deformable" if deformable else "rigid only"
+    parts = [f"{len(table)} patients registered ({steps}, {median('seconds'):.1f} s per "
+             "patient, median)."]
+    if table["tre_rigid_mm"].notna().any():
+        text = f"Median landmark TRE: rigid {median('tre_rigid_mm'):.2f} mm"
+        if deformable:
+            text += f", deformable {median('tre_deformable_mm'):.2f} mm"
+        parts.append(text + ".")
+    if table["dice_rigid"].notna().any():
+        text = f"Median Dice of the propagated GTV: rigid {median('dice_rigid'):.3f}"
+        if deformable:
+            text += f", deformable {median('dice_deformable'):.3f}"
+        parts.append(text + ".")
+    if deformable:
+        jac = pd.to_numeric(table["min_jacobian"], errors="coerce")
+        parts.append(f"Lowest Jacobian determinant {jac.min():.2f} "
+                     f"({'no folding' if jac.min() > 0 else 'folding in some patient'}).")
+    flagged = table[table["flagged"]]
+    parts.append(f"{len(flagged)} patient(s) flagged for review"
+                 + (f": {', '.join(flagged['patient_id'])}." if len(flagged) else "."))
+    if kept is not None:
+        parts.append(f"{kept} of {len(table)} patients go on to the later stages.")
+    return " ".join(parts)

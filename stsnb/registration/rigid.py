@@ -1,0 +1,293 @@
+"""Rigid MR-to-CT registration: Mattes MI, multi-resolution regular-step descent, Euler 3-D.
+
+The CT is fixed and the MR moving, so the transform maps CT points (mm) to MR points (mm) and
+resamples the MR onto the CT grid directly. Initialisation (``initialization``):
+
+- ``scanner``: the images' own physical positions (identity), rotations about the MR centre;
+- ``geometry``: the centres of the two fields of view aligned (SimpleITK GEOMETRY initialiser);
+- ``auto``: both candidates, the one with the better metric wins; ``scanner`` only competes when
+  the MR overlaps the CT in scanner coordinates.
+
+The CT is cropped to the region the MR can reach (its FOV + 25 mm) before the optimisation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from ..config import RegistrationConfig
+from .errors import RegistrationError
+from .geometry import centre_mm, corners_mm, crop, index_box
+from .history import HISTORY_COLUMNS, MetricRecorder, sampling_seed
+
+#: Margin (mm) around the MR FOV, mapped into the CT, kept when cropping the fixed image.
+FIXED_CROP_MARGIN_MM = 25.0
+#: Fewest fixed voxels in the cropped region for a candidate to be evaluated.
+MIN_OVERLAP_VOXELS = 1000
+#: Regular-step gradient descent: first and smallest step (mm of physical shift); the step
+#: halves whenever the gradient turns (it converges where plain gradient descent stalls early).
+RSGD_FIRST_STEP_MM = 2.0
+RSGD_MIN_STEP_MM = 0.01
+
+
+@dataclass(frozen=True)
+class RigidResult:
+    """A rigid CT->MR transform with how it was found."""
+
+    transform: sitk.Euler3DTransform
+    history: pd.DataFrame  # step, level, iteration, metric (Mattes MI, negative = better)
+    initialization: str  # scanner | geometry
+    scanner_overlap: bool  # the MR overlapped the CT in scanner coordinates
+    metric: float  # final metric value
+    stop_condition: str
+    seconds: float
+
+
+def as_float(image: sitk.Image) -> sitk.Image:
+    """The image as float32 (what the metric and the resampler work on)."""
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+
+
+def working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """`image` (float32) binned (voxel averages) along each axis finer than `spacing_mm`.
+
+    Registration runs on these: less noise, and the multi-resolution pyramid costs less.
+    """
+    image = as_float(image)
+    if spacing_mm <= 0:
+        return image
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    return sitk.BinShrink(image, factors) if max(factors) > 1 else image
+
+
+def check_not_constant(image: sitk.Image, what: str) -> None:
+    """Raise RegistrationError when every voxel of `image` has the same value."""
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    if stats.GetMaximum() == stats.GetMinimum():
+        raise RegistrationError(
+            f"the {what} image has a constant intensity ({stats.GetMinimum():g} everywhere): "
+            "there is no structure to register.",
+            fix="re-export the image (a constant volume is a failed or blank export), or "
+            "remove it so that curation excludes the patient.",
+        )
+
+
+def fixed_region(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+                 margin_mm: float = FIXED_CROP_MARGIN_MM) -> sitk.Image | None:
+    """`fixed` cropped to where `transform` can map points into `moving`'s FOV; None if empty."""
+    inverse = transform.GetInverse()
+    mapped = np.asarray([inverse.TransformPoint(p.tolist()) for p in corners_mm(moving)])
+    box = index_box(fixed, mapped, margin_mm)
+    if box is None:
+        return None
+    region = crop(fixed, box)
+    return region if np.prod(region.GetSize()) >= MIN_OVERLAP_VOXELS else None
+
+
+def _method(config: RegistrationConfig, seed: int, shrink: tuple[int, ...],
+            sigmas: tuple[float, ...], iterations: int) -> sitk.ImageRegistrationMethod:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.mi_histogram_bins)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(config.mi_sampling_fraction, sampling_seed(seed))
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=RSGD_FIRST_STEP_MM, minStep=RSGD_MIN_STEP_MM, numberOfIterations=iterations,
+        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def _evaluate(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+              config: RegistrationConfig, seed: int) -> float:
+    """Metric of `transform` at the coarsest level's smoothing (inf when it cannot be computed)."""
+    method = _method(config, seed, (1,), (0.0,), 1)
+    method.SetInitialTransform(transform, inPlace=False)
+    shrink = config.rigid_shrink_factors[0]
+    sigma = config.rigid_smoothing_sigmas_mm[0]
+    small_fixed = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, sigma) if sigma > 0
+                              else fixed, [shrink] * 3)
+    try:
+        return float(method.MetricEvaluate(small_fixed, moving))
+    except RuntimeError:
+        return float("inf")
+
+
+def initial_candidates(fixed: sitk.Image, moving: sitk.Image,
+                       initialization: str) -> dict[str, sitk.Euler3DTransform]:
+    """The initial transforms to try, by name (scanner, geometry)."""
+    candidates = {}
+    if initialization in ("auto", "scanner"):
+        scanner = sitk.Euler3DTransform()
+        scanner.SetCenter(centre_mm(moving).tolist())
+        candidates["scanner"] = scanner
+    if initialization in ("auto", "geometry"):
+        geometry = sitk.CenteredTransformInitializer(
+            fixed, moving, sitk.Euler3DTransform(),
+            sitk.CenteredTransformInitializerFilter.GEOMETRY,
+        )
+        candidates["geometry"] = sitk.Euler3DTransform(geometry)
+    return candidates
+
+
+def register_rigid(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig,
+                   seed: int = 0, what: str = "MR") -> RigidResult:
+    """Register `moving` (MR) to `fixed` (CT) rigidly; the transform maps CT points to MR points.
+
+    Raises RegistrationError for a constant image or when no initialisation overlaps the CT.
+    """
+    started = time.perf_counter()
+    fixed, moving = as_float(fixed), as_float(moving)
+    check_not_constant(fixed, "CT")
+    check_not_constant(moving, what)
+    scanner_overlap = fixed_region(fixed, moving, sitk.Euler3DTransform(), 0.0) is not None
+    scored = []
+    for name, candidate in initial_candidates(fixed, moving, config.initialization).items():
+        region = fixed_region(fixed, moving, candidate)
+        if region is None:
+            continue
+        scored.append((_evaluate(region, moving, candidate, config, seed), name, candidate,
+                       region))
+    scored = [s for s in scored if np.isfinite(s[0])]
+    if not scored:
+        raise RegistrationError(
+            f"the {what} image does not overlap the CT with the '{config.initialization}' "
+            "initialisation (its field of view maps outside the CT volume).",
+            fix="check the image's origin and direction cosines; or set initialization = "
+            '"geometry" in the [registration] table of cohort.toml to align the centres of the '
+            "two fields of view instead of their scanner positions.",
+        )
+    _, name, transform, region = min(scored, key=lambda s: s[0])
+    region = working_image(region, config.working_spacing_mm)
+    moving = working_image(moving, config.working_spacing_mm)
+    levels = list(zip(config.rigid_shrink_factors, config.rigid_smoothing_sigmas_mm, strict=True))
+    try:
+        transform, history, metric, stop = _multi_start(region, moving, transform, levels,
+                                                        config, seed)
+    except RuntimeError as exc:
+        raise RegistrationError(
+            f"the rigid registration of the {what} image failed: {str(exc).strip()[-300:]}",
+            fix="check that the MR and the CT show the same anatomy.",
+        ) from exc
+    return RigidResult(
+        transform=transform,
+        history=history,
+        initialization=name,
+        scanner_overlap=scanner_overlap,
+        metric=metric,
+        stop_condition=stop,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform,
+              levels: list[tuple[int, float]], first_level: int, config: RegistrationConfig,
+              seed: int) -> tuple[float, MetricRecorder, str]:
+    """Run the levels from `transform` (updated in place): (final metric, history, stop)."""
+    method = _method(config, seed, tuple(f for f, _ in levels), tuple(s for _, s in levels),
+                     config.rigid_iterations)
+    method.SetInitialTransform(transform, inPlace=True)
+    recorder = MetricRecorder("rigid", level_offset=first_level)
+    recorder.attach(method)
+    method.Execute(fixed, moving)
+    return float(method.GetMetricValue()), recorder, method.GetOptimizerStopConditionDescription()
+
+
+def start_offsets(config: RegistrationConfig) -> list[list[tuple[float, float]]]:
+    """Rounds of extra starts, (shift along the CT z axis in mm, rotation about it in degrees):
+    rotations first, then shifts from the best rotation (empty rounds left out)."""
+    rounds = [[(0.0, rz) for rz in config.rigid_z_rotations_deg],
+              [(dz, 0.0) for dz in config.rigid_z_starts_mm]]
+    return [r for r in rounds if r]
+
+
+def _level_image(image: sitk.Image, level: tuple[int, float]) -> sitk.Image:
+    """`image` as a registration level sees it: smoothed (sigma, mm), then shrunk."""
+    shrink, sigma = level
+    smoothed = sitk.SmoothingRecursiveGaussian(image, sigma) if sigma > 0 else image
+    return sitk.Shrink(smoothed, [shrink] * image.GetDimension()) if shrink > 1 else smoothed
+
+
+def _score(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
+           level: tuple[int, float], config: RegistrationConfig, seed: int) -> float:
+    """Metric of `transform` at `level` (lower = better; inf when it cannot be computed)."""
+    method = _method(config, seed, (1,), (0.0,), 1)
+    method.SetInitialTransform(transform, inPlace=False)
+    try:
+        return float(method.MetricEvaluate(_level_image(fixed, level), moving))
+    except RuntimeError:
+        return float("inf")
+
+
+def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform,
+                 levels: list[tuple[int, float]], config: RegistrationConfig, seed: int):
+    """Coarse levels from `transform`; then restarts rotated about, then shifted along, the CT z
+    axis (a limb looks alike along its axis, so the metric has local optima there), each taken
+    through the next-to-last level from the best so far; the best one by the last level's
+    metric goes through the last level."""
+    search = max(0, len(levels) - 2)
+    metric, recorder, stop = _optimise(fixed, moving, transform, levels[: search + 1], 0,
+                                       config, seed)
+    if len(levels) == 1 and not start_offsets(config):
+        return transform, recorder.table(), metric, stop
+    coarse_rows = [r for r in recorder.rows if r["level"] < search]
+    best = (_score(fixed, moving, transform, levels[-1], config, seed), transform, recorder.rows)
+    for offsets in start_offsets(config):
+        origin = best[1]
+        for dz, rz in offsets:
+            start = sitk.Euler3DTransform(origin)
+            params = list(start.GetParameters())
+            params[2] += np.deg2rad(rz)
+            params[5] += dz
+            start.SetParameters(params)
+            try:
+                _, restart, _ = _optimise(fixed, moving, start, levels[search:search + 1],
+                                          search, config, seed)
+            except RuntimeError:
+                continue  # this start maps the MR out of the CT: skip it
+            score = _score(fixed, moving, start, levels[-1], config, seed)
+            if score < best[0]:
+                best = (score, start, coarse_rows + restart.rows)
+    metric, transform, rows = best
+    if len(levels) > 1:
+        metric, final, stop = _optimise(fixed, moving, transform, levels[-1:], len(levels) - 1,
+                                        config, seed)
+        rows = rows + final.rows
+    return transform, pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), metric, stop
+
+
+def refine_sequence(reference: sitk.Image, sequence: sitk.Image, config: RegistrationConfig,
+                    seed: int = 0, what: str = "MR") -> tuple[sitk.Euler3DTransform, pd.DataFrame]:
+    """Rigid MR-to-MR refinement within the session (inter-sequence motion).
+
+    Returns the transform mapping reference-MR points to `sequence` points (identity start)
+    and its metric history.
+    """
+    reference = working_image(reference, config.working_spacing_mm)
+    sequence = working_image(sequence, config.working_spacing_mm)
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(centre_mm(reference).tolist())
+    method = _method(config, seed, (2, 1), (1.0, 0.0), config.refine_iterations)
+    method.SetInitialTransform(transform, inPlace=True)
+    recorder = MetricRecorder(f"refine {what}")
+    recorder.attach(method)
+    try:
+        method.Execute(reference, sequence)
+    except RuntimeError as exc:
+        raise RegistrationError(
+            f"the rigid refinement of {what} to the reference MR failed: "
+            f"{str(exc).strip()[-300:]}",
+            fix="check that the sequences of the session overlap; or set refine_sequences = "
+            "false in the [registration] table of cohort.toml.",
+        ) from exc
+    return transform, recorder.table()

@@ -1,0 +1,186 @@
+"""Stage 02: register every included patient, save per patient, write ``registration/qa.csv``.
+
+Per patient, ``work_dir/registration/<patient_id>/`` holds the images on the CT grid
+(``<modality>.nii.gz``, ``gtv.nii.gz``, ``gtv_from_mr[_rigid].nii.gz``), the transforms
+(``transform_<modality>_rigid.tfm``, ``transform_<modality>.h5``: CT points -> image points),
+``jacobian.nii.gz``, ``metric_history.csv``, ``qa.json`` and ``record.json``. The record (written
+last, atomically, like every file) holds the hashes of the input files and the settings; a
+patient is reused only when they match and every output exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import SimpleITK as sitk
+from tqdm.auto import tqdm
+
+from ..cohort_config import CohortConfig, read_cohort_config
+from ..config import Profile, RegistrationConfig
+from ..curation import read_cohort_table
+from ..errors import StsnbError
+from ..manifest import update_manifest
+from ..store import (
+    Stage,
+    atomic_path,
+    ensure_writable_dir,
+    hash_config,
+    hash_file,
+    write_csv_atomic,
+    write_json_atomic,
+)
+from .inputs import PatientInputs, patient_inputs
+from .patient import PatientRegistration, register_patient
+from .qa import QAThresholds, qa_table, read_qa
+from .review import registration_dir, write_review_template
+from .settings import registration_settings
+
+STAGE = "registration"
+#: Bumped whenever the algorithm changes what it writes (invalidates every record).
+REGISTRATION_VERSION = 1
+RECORD = "record.json"
+
+
+@dataclass(frozen=True)
+class RegistrationRun:
+    """What chapter 02 shows: the QA table and how it was made."""
+
+    qa: pd.DataFrame
+    config: RegistrationConfig
+    cohort: CohortConfig
+    thresholds: QAThresholds
+    reused: tuple[str, ...]  # patients whose saved outputs were reused
+    work_dir: Path
+    cohort_dir: Path
+
+
+def patient_dir(work_dir: str | Path, patient_id: str) -> Path:
+    """``work_dir/registration/<patient_id>``."""
+    return registration_dir(work_dir) / str(patient_id)
+
+
+def patient_key(inputs: PatientInputs, config: RegistrationConfig, seed: int) -> dict[str, Any]:
+    """What makes one patient's outputs: input file hashes, settings, seed, code version."""
+    return {
+        "stage": STAGE,
+        "version": REGISTRATION_VERSION,
+        "patient_id": inputs.patient_id,
+        "inputs": {p.relative_to(inputs.folder).as_posix(): hash_file(p) for p in inputs.files()},
+        "settings": asdict(config),
+        "mr_reference": inputs.reference,
+        "registered": list(inputs.registered),
+        "same_frame": list(inputs.same_frame),
+        "seed": int(seed),
+    }
+
+
+def _write_image(image: sitk.Image, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+    return path
+
+
+def _write_transform(transform: sitk.Transform, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
+    return path
+
+
+def save_patient(result: PatientRegistration, folder: Path, key: dict[str, Any]) -> list[Path]:
+    """Write one patient's outputs atomically, the record last; return the output paths."""
+    outputs = [_write_image(image, folder / f"{name}.nii.gz")
+               for name, image in result.images.items()]
+    for modality in result.transforms:
+        outputs.append(_write_transform(result.rigid_transforms[modality],
+                                        folder / f"transform_{modality}_rigid.tfm"))
+        outputs.append(_write_transform(result.transforms[modality],
+                                        folder / f"transform_{modality}.h5"))
+    if result.deformation is not None:
+        outputs.append(_write_image(result.deformation.jacobian, folder / "jacobian.nii.gz"))
+    outputs.append(write_csv_atomic(result.history, folder / "metric_history.csv"))
+    outputs.append(write_json_atomic(folder / "qa.json", result.qa))
+    write_json_atomic(folder / RECORD, {
+        "key_hash": hash_config(key), "key": key,
+        "outputs": [p.name for p in outputs],
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return outputs
+
+
+def saved_qa(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved QA row when the record matches `key` and every output exists, else None."""
+    try:
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        if record.get("key_hash") != hash_config(key):
+            return None
+        if not all((folder / name).exists() for name in record.get("outputs", [])):
+            return None
+        return json.loads((folder / "qa.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def registered_patients(work_dir: str | Path) -> list[str]:
+    """The included patients of the curated cohort (``work_dir/cohort.csv``)."""
+    if not (Path(work_dir) / "cohort.csv").exists():
+        raise StsnbError(f"{Path(work_dir) / 'cohort.csv'} does not exist. Fix: run chapter 01 "
+                         "(data curation) first, or `python -m stsnb curate`.")
+    cohort = read_cohort_table(work_dir)
+    return cohort.loc[cohort["included"], "patient_id"].tolist()
+
+
+def run_registration(
+    cohort_dir: str | Path,
+    work_dir: str | Path,
+    profile: Profile,
+    seed: int = 0,
+    rigid_only: bool = False,
+    patients: list[str] | None = None,
+    thresholds: QAThresholds | None = None,
+    progress: bool = True,
+) -> RegistrationRun:
+    """Register the included patients (or `patients`) and write ``registration/qa.csv``.
+
+    Each patient is reused when its inputs and settings are unchanged. A patient that cannot
+    be registered raises an error naming it and the file; the patients done so far are kept.
+    """
+    cohort_dir = Path(cohort_dir)
+    work_dir = ensure_writable_dir(work_dir)
+    cohort = read_cohort_config(cohort_dir)
+    config = registration_settings(profile, cohort, rigid_only=rigid_only, cohort_dir=cohort_dir)
+    thresholds = thresholds or QAThresholds()
+    ids = list(patients) if patients is not None else registered_patients(work_dir)
+    keys = {pid: patient_key(patient_inputs(cohort_dir, pid, cohort), config, seed)
+            for pid in ids}
+    stage = Stage(work_dir, STAGE, {"stage": STAGE, "version": REGISTRATION_VERSION,
+                                    "patients": {p: hash_config(k) for p, k in keys.items()},
+                                    "thresholds": asdict(thresholds)})
+    stage.start()
+    rows, reused, outputs = [], [], []
+    bar = tqdm(ids, desc="registration", unit="patient", disable=not progress)
+    for pid in bar:
+        bar.set_postfix_str(pid)
+        folder = patient_dir(work_dir, pid)
+        qa = saved_qa(folder, keys[pid])
+        if qa is None:
+            result = register_patient(patient_inputs(cohort_dir, pid, cohort), config, seed)
+            save_patient(result, folder, keys[pid])
+            qa = result.qa
+        else:
+            reused.append(pid)
+        rows.append(qa)
+        outputs.append(folder / RECORD)
+    table = qa_table(rows, thresholds)
+    qa_path = write_csv_atomic(table, registration_dir(work_dir) / "qa.csv")
+    write_review_template(work_dir, table)
+    if len(reused) < len(ids) or not stage.is_current():
+        stage.finish([qa_path, *outputs])
+    update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE)
+    return RegistrationRun(qa=read_qa(qa_path), config=config, cohort=cohort,
+                           thresholds=thresholds, reused=tuple(reused), work_dir=work_dir,
+                           cohort_dir=cohort_dir)

@@ -1,0 +1,686 @@
+"""Stage 04: VGG-19 transfer learning per combination, k-fold cross-validation, resumable.
+
+Per fold (the study's training slide): SGD with momentum 0.9, mini-batch 64, learning rate 0.01,
+at most 50 epochs, validation after every epoch, early stopping when the validation loss has not
+improved for 8 epochs, the best-validation weights restored; cross-entropy on two classes; no
+augmentation. The convolutions are frozen, so their features come from the feature cache
+(`stsnb.features`) and only the classifier trains (`stsnb.head`, exact dual form).
+
+Outputs in ``work_dir/runs/<split>/combo<NN>/``: ``predictions.csv`` (patient_id, slice_index,
+fold, label, prob: one row per test slice, folds from 1, prob = predicted probability of distant
+metastasis), ``history.csv`` (fold, epoch, phase = train | val, loss, accuracy),
+``fold_metrics.csv`` (one row per fold), ``run.json`` (the key that made them, weights, device,
+precision, seconds), and ``folds/fold<NN>/`` (each fold's outputs, and its trained head as
+``head.pt``), so that an interrupted run resumes at the first unfinished fold.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from tqdm.auto import tqdm
+
+from .combinations import Combination, resolve_combo
+from .config import Profile, TrainingConfig, resolve_profile
+from .errors import ConfigError, StsnbError
+from .features import (
+    Features,
+    SliceSource,
+    cached_features,
+    resolve_device,
+    resolve_precision,
+)
+from .folds import GROUPED_SPLITS, Fold, FoldPlan, check_split, make_folds
+from .head import DUAL_TRAINED, DualHead, DualTables, PrimalHead, dense_classifier_state
+from .manifest import read_manifest, update_manifest
+from .model import (
+    IMAGENET_URL,
+    ModelBundle,
+    WeightsInfo,
+    backbone_forward,
+    build_model,
+    describe_weights,
+    prepare_backbone,
+)
+from .store import atomic_path, hash_config, record_timing, write_csv_atomic, write_json_atomic
+
+STAGE = "training"
+RUNS_DIR = "runs"
+RUN_RECORD = "run.json"
+FOLD_RECORD = "fold.json"
+HEAD_FILE = "head.pt"
+#: Bumped when the meaning of a run's outputs changes (part of every run key).
+RUN_FORMAT = 1
+THRESHOLD = 0.5  # a slice is called positive when prob >= this
+EVAL_CHUNK = 256  # slices per forward pass when evaluating
+PREDICTION_COLUMNS = ("patient_id", "slice_index", "fold", "label", "prob")
+HISTORY_COLUMNS = ("fold", "epoch", "phase", "loss", "accuracy")
+HEAD_FORMS = ("dual", "primal", "naive")
+
+
+# -- one fold --------------------------------------------------------------------------------
+
+class EarlyStopping:
+    """Stop when the validation loss has not improved for `patience` epochs; keep the best."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = int(patience)
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.waited = 0
+
+    def update(self, epoch: int, loss: float,
+               state: Callable[[], dict[str, torch.Tensor]]) -> bool:
+        """Record one epoch's validation loss; True when training should stop."""
+        if loss < self.best_loss:  # NaN never improves
+            self.best_loss, self.best_epoch, self.waited = float(loss), int(epoch), 0
+            self.best_state = state()
+        else:
+            self.waited += 1
+        return self.waited >= self.patience
+
+
+@dataclass
+class FoldOutcome:
+    """One trained fold: its curves, test probabilities and the restored (best) head state."""
+
+    number: int
+    history: pd.DataFrame
+    test_prob: np.ndarray
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    best_val_loss: float
+    state: dict[str, torch.Tensor]
+    seconds: float
+
+
+def check_training_config(config: TrainingConfig) -> None:
+    """ConfigError for settings no training can run with."""
+    problems = []
+    if config.batch_size < 1 or config.max_epochs < 1 or config.patience < 1:
+        problems.append("batch_size, max_epochs and patience must be >= 1")
+    if not config.learning_rate > 0 or not 0 <= config.momentum < 1:
+        problems.append("learning_rate must be > 0 and momentum in [0, 1)")
+    if config.optimizer != "sgd":
+        problems.append(f"optimizer {config.optimizer!r} is not 'sgd' (the study's SGDM)")
+    if problems:
+        raise ConfigError(f"Training settings out of range: {'; '.join(problems)}.")
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """The seed of one fold's batch order and dropout."""
+    return int(seed) * 1009 + int(fold)
+
+
+def evaluate(head: Any, positions: np.ndarray,
+             labels: torch.Tensor) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and P(class 1) over `positions` (eval mode, no grad)."""
+    head.train(False)
+    losses, probs = [], []
+    with torch.no_grad():
+        for start in range(0, len(positions), EVAL_CHUNK):
+            chunk = positions[start:start + EVAL_CHUNK]
+            logits = head(chunk)
+            target = labels[torch.from_numpy(chunk).to(labels.device)]
+            losses.append(F.cross_entropy(logits, target, reduction="sum").item())
+            probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+    prob = np.concatenate(probs) if probs else np.empty(0, dtype=np.float32)
+    truth = labels[torch.from_numpy(positions).to(labels.device)].cpu().numpy()
+    accuracy = float(np.mean((prob >= THRESHOLD) == (truth == 1))) if len(truth) else math.nan
+    return sum(losses) / max(len(positions), 1), accuracy, prob
+
+
+def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig, seed: int,
+             progress: bool = False) -> FoldOutcome:
+    """Train `head` on one fold with SGD + momentum and early stopping; restore the best epoch.
+
+    The batch order and dropout draw from generators seeded by (seed, fold); torch's global
+    generators are restored afterwards.
+    """
+    started = time.perf_counter()
+    device = labels.device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    rows = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(fold_seed(seed, fold.number))
+        order = torch.Generator().manual_seed(fold_seed(seed, fold.number))
+        optimizer = torch.optim.SGD(list(head.parameters()), lr=config.learning_rate,
+                                    momentum=config.momentum)
+        stopper = EarlyStopping(config.patience)
+        epochs = tqdm(range(1, config.max_epochs + 1), desc=f"fold {fold.number} epochs",
+                      unit="epoch", leave=False, disable=not progress)
+        epoch = 0
+        for epoch in epochs:
+            head.train(True)
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            permutation = torch.randperm(len(fold.train), generator=order).numpy()
+            shuffled = torch.from_numpy(fold.train[permutation]).to(device)  # one copy an epoch
+            for start in range(0, len(shuffled), config.batch_size):
+                batch = shuffled[start:start + config.batch_size]
+                target = labels[batch]
+                logits = head(batch)
+                loss = F.cross_entropy(logits, target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(batch)  # summed on the device: no sync per step
+                correct += (logits.detach().argmax(1) == target).sum()
+            val_loss, val_accuracy, _ = evaluate(head, fold.val, labels)
+            rows += [(fold.number, epoch, "train", total.item() / len(fold.train),
+                      correct.item() / len(fold.train)),
+                     (fold.number, epoch, "val", val_loss, val_accuracy)]
+            epochs.set_postfix(val_loss=f"{val_loss:.3f}")
+            if stopper.update(epoch, val_loss, head.state):
+                break
+        epochs.close()
+        if stopper.best_state is None:  # validation loss NaN from the first epoch
+            raise StsnbError(f"Fold {fold.number}: the validation loss was never finite "
+                             "(training diverged). Fix: lower the learning rate.")
+        head.load(stopper.best_state)
+        _, _, test_prob = evaluate(head, fold.test, labels)
+    return FoldOutcome(
+        number=fold.number,
+        history=pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)),
+        test_prob=test_prob,
+        best_epoch=stopper.best_epoch,
+        epochs_run=epoch,
+        stopped_early=epoch < config.max_epochs,
+        best_val_loss=stopper.best_loss,
+        state={k: v.detach().cpu() for k, v in stopper.best_state.items()},
+        seconds=time.perf_counter() - started,
+    )
+
+
+def classification_metrics(labels: np.ndarray, prob: np.ndarray,
+                           threshold: float = THRESHOLD) -> dict[str, float]:
+    """Slice-level accuracy, sensitivity, specificity, precision, F1 (threshold) and AUC."""
+    labels = np.asarray(labels, dtype=int)
+    predicted = (np.asarray(prob) >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    nan = math.nan
+    return {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "sensitivity": float(recall_score(labels, predicted, pos_label=1, labels=[0, 1],
+                                          zero_division=nan)),
+        "specificity": float(recall_score(labels, predicted, pos_label=0, labels=[0, 1],
+                                          zero_division=nan)),
+        "precision": float(precision_score(labels, predicted, labels=[0, 1],
+                                           zero_division=nan)),
+        "f1": float(f1_score(labels, predicted, labels=[0, 1], zero_division=nan)),
+        "auc": float(roc_auc_score(labels, prob)) if both else nan,
+    }
+
+
+# -- heads over a fold plan ------------------------------------------------------------------
+
+def naive_inputs(bundle: ModelBundle, source: SliceSource, channels: tuple[str, str, str],
+                 device: torch.device, precision: str,
+                 dtype: torch.dtype = torch.float32) -> Callable[[np.ndarray], torch.Tensor]:
+    """Head inputs by a full forward pass of the frozen part at every call (the naive loop)."""
+    rows = source.index["row"].to_numpy(np.int64)
+
+    def inputs(positions: np.ndarray) -> torch.Tensor:
+        images = torch.from_numpy(source.images(rows[positions], channels)).to(device)
+        return backbone_forward(bundle, images, precision).to(dtype)
+
+    return inputs
+
+
+def _initial_first_weight(bundle: ModelBundle, like: torch.Tensor) -> torch.Tensor:
+    """W0: the first layer's weight before any training, on `like`'s device and dtype."""
+    return bundle.initial_head["0.weight"].to(device=like.device, dtype=like.dtype)
+
+
+def make_head(form: str, bundle: ModelBundle, fold: Fold, *,
+              features: torch.Tensor | None = None, tables: DualTables | None = None,
+              inputs: Callable[[np.ndarray], torch.Tensor] | None = None) -> Any:
+    """A fresh (untrained) head for one fold: 'dual' (tables), 'primal' (features), 'naive'."""
+    classifier = bundle.model.classifier
+    if form == "dual":  # the first weight stays W0 in this form: only the rest is reset
+        bundle.reset_head(DUAL_TRAINED)
+        return DualHead(classifier, tables, fold.train)
+    bundle.reset_head()
+    if form == "primal":
+        return PrimalHead(classifier, lambda positions: features[
+            torch.from_numpy(np.asarray(positions)).to(features.device)])
+    if form == "naive":
+        return PrimalHead(classifier, inputs)
+    raise ConfigError(f"Unknown head form {form!r}: expected one of {', '.join(HEAD_FORMS)}.")
+
+
+def cross_validate(source: SliceSource, combination: Combination, plan: FoldPlan,
+                   bundle: ModelBundle, config: TrainingConfig, seed: int,
+                   device: torch.device, precision: str, form: str = "dual",
+                   features: np.ndarray | None = None, progress: bool = False,
+                   dtype: torch.dtype = torch.float32) -> list[FoldOutcome]:
+    """Train every fold in memory (no files): the cached forms need `features` (index order).
+
+    `dtype` is the head's arithmetic (float32 in every run; float64 lets a test compare the
+    forms without float rounding).
+    """
+    prepare_backbone(bundle, device, precision)
+    bundle.model.classifier.to(dtype)
+    labels = torch.from_numpy(plan.labels).to(device)
+    extra: dict[str, Any] = {}
+    if form == "naive":
+        extra["inputs"] = naive_inputs(bundle, source, combination.channels, device, precision,
+                                       dtype)
+    else:
+        if features is None:
+            raise ConfigError(f"The {form} head trains on cached features: pass `features`.")
+        values = torch.from_numpy(features).to(device=device, dtype=dtype)
+        if form == "dual":
+            extra["tables"] = DualTables(values, _initial_first_weight(bundle, values))
+        else:
+            extra["features"] = values
+    try:
+        return [fit_fold(make_head(form, bundle, fold, **extra), labels, fold, config, seed,
+                         progress) for fold in plan.folds]
+    finally:
+        bundle.model.classifier.float()
+
+
+# -- one combination, on disk ----------------------------------------------------------------
+
+def run_dir(work_dir: str | Path, split: str, number: int) -> Path:
+    """``work_dir/runs/<split>/combo<NN>``."""
+    return Path(work_dir) / RUNS_DIR / split / f"combo{int(number):02d}"
+
+
+def run_key(source: SliceSource, combination: Combination, split: str, seed: int,
+            config: TrainingConfig, weights: WeightsInfo, precision: str) -> dict[str, Any]:
+    """Everything a run's outputs depend on (the device is recorded, not keyed)."""
+    training = {k: v for k, v in asdict(config).items() if k != "control_combos"}
+    return {"stage": STAGE, "format": RUN_FORMAT, "store": source.key_hash,
+            "channels": list(combination.channels), "split": split, "seed": int(seed),
+            "training": training, "weights": weights.identity(), "precision": precision,
+            "model": "vgg19, classifier trained, 2 classes, cross-entropy"}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def run_is_current(out: Path, key_hash: str) -> bool:
+    """True when ``out/run.json`` was made with `key_hash` and its outputs exist."""
+    record = _read_json(out / RUN_RECORD)
+    return record.get("key_hash") == key_hash and all(
+        (out / name).exists() for name in record.get("outputs", []))
+
+
+def is_done(source: SliceSource, work_dir: str | Path, profile: Profile | str,
+            combo: int | str, split: str = "patient", seed: int = 0, device: str = "auto",
+            weights: str | Path = "auto", precision: str = "auto") -> bool:
+    """True when this run exists with the same key (checked without building the network).
+
+    False also when only a download attempt could tell which weights a run would use.
+    """
+    profile = resolve_profile(profile)
+    combination = resolve_combo(combo, tuple(source.modalities))
+    split = check_split(split)
+    precision = resolve_precision(precision, resolve_device(device))
+    described = describe_weights(weights, seed)
+    if described is None:
+        return False
+    key = run_key(source, combination, split, seed, profile.training, described, precision)
+    return run_is_current(run_dir(work_dir, split, combination.number), hash_config(key))
+
+
+@dataclass
+class TrainingRun:
+    """One combination's cross-validation: the tables of DESIGN.md §4 and the run record."""
+
+    combination: Combination
+    split: str
+    run_dir: Path
+    predictions: pd.DataFrame
+    history: pd.DataFrame
+    fold_metrics: pd.DataFrame
+    record: dict[str, Any]
+    reused: bool
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return self.record["weights"]
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.weights.get("pretrained"))
+
+    def timings(self) -> pd.DataFrame:
+        """Seconds on the frozen features (once per combination) and on the head (all folds)."""
+        return pd.DataFrame({
+            "part": ["features (frozen VGG-19, once per combination)",
+                     f"head training ({len(self.fold_metrics)} folds)"],
+            "seconds": [self.record["feature_seconds"], self.record["head_seconds"]],
+        })
+
+
+def _members_hash(fold: Fold) -> str:
+    return hash_config({"train": fold.train.tolist(), "val": fold.val.tolist(),
+                        "test": fold.test.tolist()})
+
+
+def _fold_files(out: Path, number: int, with_head: bool) -> list[Path]:
+    folder = out / "folds" / f"fold{number:02d}"
+    names = ["predictions.csv", "history.csv"] + ([HEAD_FILE] if with_head else [])
+    return [folder / name for name in names] + [folder / FOLD_RECORD]
+
+
+def _fold_done(out: Path, fold: Fold, key_hash: str, with_head: bool) -> dict[str, Any] | None:
+    files = _fold_files(out, fold.number, with_head)
+    record = _read_json(files[-1])
+    ok = (record.get("key_hash") == key_hash and record.get("members") == _members_hash(fold)
+          and all(p.exists() for p in files))
+    return record if ok else None
+
+
+def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource,
+                plan: FoldPlan, key_hash: str, head_form: str, features: Features | None,
+                with_head: bool, pretrained: bool) -> dict[str, Any]:
+    files = _fold_files(out, fold.number, with_head)
+    test = source.index.iloc[fold.test]
+    labels = plan.labels[fold.test]
+    predictions = pd.DataFrame({"patient_id": test["patient_id"].astype(str).to_numpy(),
+                                "slice_index": test["slice_index"].to_numpy(),
+                                "fold": fold.number, "label": labels,
+                                "prob": outcome.test_prob})
+    write_csv_atomic(predictions, files[0])
+    write_csv_atomic(outcome.history, files[1])
+    if with_head:
+        rows = source.index["row"].to_numpy(np.int64)
+        with atomic_path(files[2]) as tmp:
+            torch.save({"form": head_form, "state": outcome.state,
+                        "train_rows": torch.from_numpy(rows[fold.train]),
+                        "features_key_hash": features.key_hash if features else None,
+                        "run_key_hash": key_hash}, tmp)
+    train_pids = set(plan.patient_ids[np.concatenate([fold.train, fold.val])])
+    test_pids = set(plan.patient_ids[fold.test])
+    record = {
+        "key_hash": key_hash, "members": _members_hash(fold), "fold": fold.number,
+        "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
+        "n_test_patients": len(test_pids), "test_patients_in_training": len(
+            test_pids & train_pids),
+        **classification_metrics(labels, outcome.test_prob),
+        "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
+        "stopped_early": outcome.stopped_early, "best_val_loss": outcome.best_val_loss,
+        "seconds": round(outcome.seconds, 3), "weights_pretrained": pretrained,
+    }
+    write_json_atomic(files[-1], record)
+    return record
+
+
+FOLD_METRIC_COLUMNS = ("fold", "n_train", "n_val", "n_test", "n_test_patients",
+                       "test_patients_in_training", "accuracy", "sensitivity", "specificity",
+                       "precision", "f1", "auc", "best_epoch", "epochs_run", "stopped_early",
+                       "best_val_loss", "seconds", "weights_pretrained")
+
+
+def read_run(out: Path, combination: Combination, split: str, reused: bool) -> TrainingRun:
+    """The run's tables and record from disk."""
+    return TrainingRun(
+        combination=combination, split=split, run_dir=out,
+        predictions=pd.read_csv(out / "predictions.csv", dtype={"patient_id": str}),
+        history=pd.read_csv(out / "history.csv"),
+        fold_metrics=pd.read_csv(out / "fold_metrics.csv"),
+        record=_read_json(out / RUN_RECORD), reused=reused)
+
+
+def train_combination(source: SliceSource, work_dir: str | Path, profile: Profile | str,
+                      combo: int | str = 9, split: str = "patient", seed: int = 0,
+                      device: str = "auto", weights: str | Path = "auto",
+                      precision: str = "auto", save_heads: bool | None = None,
+                      bundle: ModelBundle | None = None, progress: bool = True) -> TrainingRun:
+    """Cross-validate one combination into ``work_dir/runs/<split>/combo<NN>/``; resume.
+
+    Skipped when the run exists with the same key (store, channels, split, seed, training
+    settings, weights, precision); otherwise each finished fold is kept and the others train.
+    `save_heads` (default: for the patient split only) keeps each fold's head (about 70 MB).
+    """
+    profile = resolve_profile(profile)
+    config = profile.training
+    check_training_config(config)
+    combination = resolve_combo(combo, tuple(source.modalities))
+    split = check_split(split)
+    torch_device = resolve_device(device)
+    precision = resolve_precision(precision, torch_device)
+    with_head = split == "patient" if save_heads is None else bool(save_heads)
+    plan = make_folds(source.index, split, config.folds, seed, config.validation_fraction)
+    out = run_dir(work_dir, split, combination.number)
+    described = bundle.weights if bundle is not None else describe_weights(weights, seed)
+    if described is not None:
+        key = run_key(source, combination, split, seed, config, described, precision)
+        if run_is_current(out, hash_config(key)):
+            return read_run(out, combination, split, reused=True)
+    bundle = bundle or build_model(weights, seed)
+    key = run_key(source, combination, split, seed, config, bundle.weights, precision)
+    key_hash = hash_config(key)
+    if run_is_current(out, key_hash):
+        return read_run(out, combination, split, reused=True)
+    name = f"combo{combination.number:02d}"
+    features = cached_features(source, work_dir, combination.channels, bundle, torch_device,
+                               precision, progress=progress)
+    if features.computed_patients:
+        record_timing(work_dir, f"features {name}", features.total_seconds)
+    records, extra_seconds = _train_folds(out, plan, features, bundle, config, seed, source,
+                                          torch_device, key_hash, with_head, progress,
+                                          f"{name} {split}")
+    return _finish_run(out, key, key_hash, combination, split, records, plan, source, features,
+                       bundle, weights, torch_device, precision, with_head, extra_seconds,
+                       work_dir)
+
+
+def _train_folds(out: Path, plan: FoldPlan, features: Features, bundle: ModelBundle,
+                 config: TrainingConfig, seed: int, source: SliceSource, device: torch.device,
+                 key_hash: str, with_head: bool, progress: bool,
+                 label: str) -> tuple[list[dict[str, Any]], float]:
+    """Each fold's record, training those not done yet; plus seconds spent on the tables."""
+    records: list[dict[str, Any] | None] = [_fold_done(out, f, key_hash, with_head)
+                                            for f in plan.folds]
+    todo = [f for f, r in zip(plan.folds, records, strict=True) if r is None]
+    started = time.perf_counter()
+    tables = labels = None
+    if todo:
+        prepare_backbone(bundle, device, "fp32")
+        values = torch.from_numpy(features.values).to(device)
+        tables = DualTables(values, _initial_first_weight(bundle, values))
+        del values
+        labels = torch.from_numpy(plan.labels).to(device)
+    table_seconds = time.perf_counter() - started
+    bar = tqdm(plan.folds, desc=f"{label} folds", unit="fold", disable=not progress)
+    for i, fold in enumerate(bar):
+        if records[i] is None:
+            head = make_head("dual", bundle, fold, tables=tables)
+            outcome = fit_fold(head, labels, fold, config, seed, progress)
+            records[i] = _write_fold(out, outcome, fold, source, plan, key_hash, "dual",
+                                     features, with_head, bundle.weights.pretrained)
+    bar.close()
+    return [r for r in records if r is not None], table_seconds
+
+
+def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Combination,
+                split: str, records: list[dict[str, Any]], plan: FoldPlan,
+                source: SliceSource, features: Features, bundle: ModelBundle,
+                weights: str | Path, device: torch.device, precision: str, with_head: bool,
+                extra_seconds: float, work_dir: str | Path) -> TrainingRun:
+    """Gather the folds into the run's tables, write them and the run record."""
+    for stale in (out / "folds").glob("fold*"):
+        if stale.is_dir() and int(stale.name[4:] or 0) > len(plan.folds):
+            for path in stale.iterdir():
+                path.unlink()
+            stale.rmdir()
+    folders = [_fold_files(out, f.number, with_head)[0].parent for f in plan.folds]
+    predictions = pd.concat([pd.read_csv(f / "predictions.csv", dtype={"patient_id": str})
+                             for f in folders], ignore_index=True)
+    history = pd.concat([pd.read_csv(f / "history.csv") for f in folders], ignore_index=True)
+    metrics = pd.DataFrame(records)[list(FOLD_METRIC_COLUMNS)]
+    outputs = {"predictions.csv": predictions[list(PREDICTION_COLUMNS)],
+               "history.csv": history[list(HISTORY_COLUMNS)], "fold_metrics.csv": metrics}
+    for filename, table in outputs.items():
+        write_csv_atomic(table, out / filename)
+    head_seconds = round(float(metrics["seconds"].sum()) + extra_seconds, 3)
+    record = {
+        "key": key, "key_hash": key_hash, "outputs": list(outputs),
+        "combination": {"number": combination.number, "name": combination.name,
+                        "channels": list(combination.channels)},
+        "split": split, "labels": "permuted among patients (seeded)" if split == "random"
+        else "as recorded", "grouped_by_patient": split in GROUPED_SPLITS,
+        "weights": bundle.weights.manifest(), "weights_request": str(weights),
+        "device": str(device), "precision": precision, "head_form": "dual",
+        "features_key_hash": features.key_hash, "features_dir": features.dir.name,
+        "feature_seconds": round(features.total_seconds, 3), "head_seconds": head_seconds,
+        "heads_saved": with_head, "n_folds": len(plan.folds),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(out / RUN_RECORD, record)
+    record_timing(work_dir, f"training {split} combo{combination.number:02d}", head_seconds)
+    return read_run(out, combination, split, reused=False)
+
+
+def open_slices(work_dir: str | Path, profile: Profile) -> SliceSource:
+    """The slice store of chapter 03, checked against the profile's input size."""
+    from .slices import SliceStore
+
+    store = SliceStore.open(work_dir)
+    if store.input_px != profile.preprocessing.input_px:
+        raise ConfigError(
+            f"The slice store holds {store.input_px} px slices but profile {profile.name!r} "
+            f"trains on {profile.preprocessing.input_px} px. Fix: run chapter 03 with the same "
+            "profile first."
+        )
+    return store
+
+
+def run_training(cohort_dir: str | Path, work_dir: str | Path, profile: Profile | str = "auto",
+                 seed: int = 0, combo: int | str = 9, split: str = "patient",
+                 device: str = "auto", weights: str | Path = "auto", precision: str = "auto",
+                 save_heads: bool | None = None, store: SliceSource | None = None,
+                 progress: bool = True) -> TrainingRun:
+    """Chapter 04's stage: one combination's cross-validation (reused when current).
+
+    Reads the slice store of ``work_dir`` (or `store`), writes ``work_dir/runs/...`` and the
+    run manifest's training entry and weights.
+    """
+    profile = resolve_profile(profile)
+    source = store if store is not None else open_slices(work_dir, profile)
+    run = train_combination(source, work_dir, profile, combo, split, seed, device, weights,
+                            precision, save_heads=save_heads, progress=progress)
+    update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE,
+                    device=run.record["device"], precision=run.record["precision"],
+                    weights=run.weights,
+                    cohort_sha256=read_manifest(work_dir).get("cohort_sha256"))
+    return run
+
+
+def fold_model(work_dir: str | Path, split: str, combo: int | str, fold: int,
+               source: SliceSource, device: str = "cpu") -> ModelBundle:
+    """The full network of one trained fold (for Grad-CAM): VGG-19 with that fold's head.
+
+    The first layer's weight is rebuilt from the stored dual form (W0 + A X_train) with the
+    cached features; the network predicts that fold's test slices as ``predictions.csv`` says.
+    """
+    combination = resolve_combo(combo, tuple(source.modalities))
+    out = run_dir(work_dir, check_split(split), combination.number)
+    record = _read_json(out / RUN_RECORD)
+    path = out / "folds" / f"fold{int(fold):02d}" / HEAD_FILE
+    if not record or not path.exists():
+        raise StsnbError(f"No trained head for fold {fold} in {out} (run chapter 04 with "
+                         "save_heads for this split, or the run is unfinished).")
+    key = record["key"]
+    bundle = build_model(record["weights_request"], key["seed"])
+    if bundle.weights.identity() != key["weights"]:
+        raise StsnbError(f"The weights {record['weights_request']!r} are not those the run in "
+                         f"{out} trained from. Fix: restore them, or rerun chapter 04.")
+    torch_device = resolve_device(device)
+    features = cached_features(source, work_dir, combination.channels, bundle, torch_device,
+                               key["precision"], progress=False)
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    positions = pd.Index(source.index["row"]).get_indexer(stored["train_rows"].numpy())
+    state = dense_classifier_state(stored["state"], bundle.initial_head["0.weight"],
+                                   torch.from_numpy(features.values[positions]))
+    bundle.model.classifier.load_state_dict(state)
+    prepare_backbone(bundle, torch_device, key["precision"])
+    return bundle
+
+
+def weights_warning(run: TrainingRun) -> str | None:
+    """The loud text to show when the network did not start from pretrained weights."""
+    if run.pretrained:
+        return None
+    return ("WARNING - NOT TRANSFER LEARNING: this run's VGG-19 started from random weights, "
+            f"not ImageNet ({run.weights.get('summary')}). Its results do not reproduce the "
+            f"study. Fix: give torchvision's {Path(IMAGENET_URL).name} through TORCH_HOME or "
+            "WEIGHTS=.")
+
+
+def fold_metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The fold metrics as the chapter shows them, with a mean +- SD row (3 decimals)."""
+    columns = ["fold", "n_test", "n_test_patients", "accuracy", "sensitivity", "specificity",
+               "precision", "f1", "auc", "best_epoch", "epochs_run", "seconds"]
+    view = metrics[columns].copy()
+    numeric = ["accuracy", "sensitivity", "specificity", "precision", "f1", "auc"]
+    summary = {c: f"{view[c].mean():.3f} +- {view[c].std(ddof=1):.3f}" for c in numeric}
+    summary.update(fold="mean +- SD", n_test=int(view["n_test"].sum()),
+                   n_test_patients=int(view["n_test_patients"].sum()),
+                   best_epoch=f"{view['best_epoch'].mean():.1f}",
+                   epochs_run=f"{view['epochs_run'].mean():.1f}",
+                   seconds=f"{view['seconds'].sum():.1f}")
+    view[numeric] = view[numeric].round(3)
+    view["seconds"] = view["seconds"].round(1)
+    return pd.concat([view.astype(object), pd.DataFrame([summary])], ignore_index=True)
+
+
+def weights_warning_html(run: TrainingRun) -> str | None:
+    """A red box for the chapter (JupyterLab and the book) when the weights are not pretrained."""
+    text = weights_warning(run)
+    if text is None:
+        return None
+    return ('<div style="border:3px solid #b00020;background:#fdecea;padding:10px;'
+            f'font-weight:bold;color:#5f0010">{html.escape(text)}</div>')
+
+
+def training_summary(run: TrainingRun) -> str:
+    """A few sentences with the figures that matter, for the chapter's summary."""
+    metrics = run.fold_metrics
+    record = run.record
+    split_text = {"patient": "patient-grouped folds", "slice": "slice-level folds (the "
+                  "study's split; slices of one patient in train and test)",
+                  "random": "patient-grouped folds with permuted labels (control: chance "
+                  "expected)"}[run.split]
+    auc = metrics["auc"].dropna()
+    auc_text = f"{auc.mean():.3f}" if len(auc) else "undefined (single-class test folds)"
+    max_epochs = record["key"]["training"]["max_epochs"]
+    return (
+        f"Combination {run.combination.number} ({run.combination.name}), {split_text}: "
+        f"{len(metrics)} folds, {int(metrics['n_test'].sum())} test slices. Mean test accuracy "
+        f"{metrics['accuracy'].mean():.3f}, sensitivity {metrics['sensitivity'].mean():.3f}, "
+        f"specificity {metrics['specificity'].mean():.3f}, AUC {auc_text} (slice level). "
+        f"Early stopping at epoch {metrics['best_epoch'].mean():.1f} on average (of at most "
+        f"{max_epochs}). Time: {record['feature_seconds']:.1f} s on features, "
+        f"{record['head_seconds']:.1f} s on the head ({record['device']}, "
+        f"{record['precision']} features). Weights: {run.weights.get('summary')}."
+    )

@@ -1,0 +1,145 @@
+"""The study's network: one builder, its input normalization, and where its weights come from.
+
+ImageNet cannot be downloaded here: the loading code is torchvision's own (torch.hub's cache
+under TORCH_HOME, hash convention in the file name), exercised with a state dict saved here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import vgg19
+
+from stsnb import model as model_module
+from stsnb.errors import ConfigError
+from stsnb.model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    WeightsError,
+    build_model,
+    describe_weights,
+    input_transform,
+)
+from stsnb.store import hash_file
+
+
+@pytest.fixture(scope="module")
+def saved_weights(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A VGG-19 state dict (float16 to keep it small) under torchvision's naming convention."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        state = {k: v.half() for k, v in vgg19().state_dict().items()}
+    folder = tmp_path_factory.mktemp("weights")
+    raw = folder / "raw.pth"
+    torch.save(state, raw)
+    named = folder / f"vgg19-{hash_file(raw)[:8]}.pth"
+    raw.rename(named)
+    return named, state
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """An empty TORCH_HOME and no network (the download attempt fails like an offline site)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_input_transform_is_the_imagenet_normalization():
+    x = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)])
+    y = input_transform()(x)
+    for c in range(3):
+        assert torch.allclose(y[0, c], torch.tensor(-IMAGENET_MEAN[c] / IMAGENET_STD[c]))
+        assert torch.allclose(y[1, c], torch.tensor((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
+
+
+def test_random_network_is_frozen_two_class_and_seeded():
+    first = build_model("none", seed=4)
+    net = first.model
+    assert net.classifier[6].out_features == 2
+    assert all(not p.requires_grad for p in net.features.parameters())
+    assert all(p.requires_grad for p in net.classifier.parameters())
+    assert first.weights.pretrained is False and "random" in first.weights.summary
+    again = build_model("none", seed=4)
+    assert torch.equal(net.features[0].weight, again.model.features[0].weight)
+    assert torch.equal(net.classifier[6].weight, again.model.classifier[6].weight)
+    assert first.weights.identity() == {"weights": "random", "seed": 4}
+    with torch.no_grad():
+        assert net(input_transform()(torch.rand(1, 3, 32, 32))).shape == (1, 2)
+
+
+def test_weights_load_from_a_path_under_torchvision_file_name(saved_weights):
+    path, state = saved_weights
+    bundle = build_model(str(path), seed=0)
+    loaded = bundle.model.state_dict()
+    assert torch.equal(loaded["features.0.weight"], state["features.0.weight"].float())
+    assert torch.equal(loaded["classifier.3.weight"], state["classifier.3.weight"].float())
+    assert loaded["classifier.6.weight"].shape == (2, 4096)  # the new two-class layer
+    info = bundle.weights
+    assert info.pretrained and info.source == "file" and info.sha256 == hash_file(path)
+    assert info.file == path.name and str(path.parent) not in info.summary
+    assert describe_weights(str(path)) == info
+
+
+def test_imagenet_loads_from_torch_home_with_torch_hub(saved_weights, torch_home, monkeypatch):
+    path, state = saved_weights
+    torch_home.mkdir(parents=True)
+    shutil.copy(path, torch_home / path.name)
+    # Our file stands for torchvision's: same URL scheme, its own hash in the name.
+    monkeypatch.setattr(model_module, "IMAGENET_URL",
+                        f"https://download.pytorch.org/models/{path.name}")
+    bundle = build_model("imagenet", seed=0)
+    assert bundle.weights.source == "imagenet" and bundle.weights.pretrained
+    assert torch.equal(bundle.model.state_dict()["features.0.weight"],
+                       state["features.0.weight"].float())
+    assert build_model("auto", seed=0).weights.sha256 == bundle.weights.sha256
+
+
+def test_a_wrong_hash_is_a_clear_error(saved_weights, torch_home, tmp_path):
+    path, _ = saved_weights
+    torch_home.mkdir(parents=True)
+    impostor = torch_home / "vgg19-dcbb9e9d.pth"  # torchvision's real name, other content
+    shutil.copy(path, impostor)
+    with pytest.raises(WeightsError, match="SHA-256 starts with .* but its name says dcbb9e9d"):
+        build_model("imagenet")
+    with pytest.raises(WeightsError, match="name says dcbb9e9d"):
+        build_model(str(impostor))
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        fallback = build_model("auto", seed=2)
+    assert not fallback.weights.pretrained and "dcbb9e9d" in fallback.weights.summary
+
+
+def test_auto_offline_falls_back_to_random_weights_loudly(torch_home, tmp_path):
+    with pytest.warns(UserWarning, match="RANDOM weights, not ImageNet"):
+        bundle = build_model("auto", seed=1)
+    info = bundle.weights
+    assert info.pretrained is False and info.source == "random"
+    assert "ImageNet weights unavailable" in info.summary and "TORCH_HOME" in info.warning
+    assert json.dumps(info.manifest())  # what the manifest records
+    with pytest.raises(WeightsError, match="could not be loaded.*TORCH_HOME"):
+        build_model("imagenet")
+    assert describe_weights("auto") is None  # only a download attempt could tell
+
+
+def test_bad_weights_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="Unknown weights 'resnet'"):
+        build_model("resnet")
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_model(str(tmp_path / "missing.pth"))
+    not_a_state = tmp_path / "notes.pth"
+    torch.save({"epoch": 3}, not_a_state)
+    with pytest.raises(WeightsError, match="not a VGG-19 state dict"):
+        build_model(str(not_a_state))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a pickle")
+    with pytest.raises(WeightsError, match="cannot be read"):
+        build_model(str(garbage))
