@@ -1,4 +1,4 @@
-"""Shared fixtures: one small synthetic cohort and one smoke run of the book for the whole session."""
+"""Shared fixtures: one small synthetic cohort and one smoke run of the book per session."""
 
 from __future__ import annotations
 
