@@ -101,7 +101,7 @@ QUICK = Profile(
         bspline_samples=10000,
     ),
     preprocessing=PreprocessingConfig(max_slices_per_patient=8),
-    training=TrainingConfig(folds=5, max_epochs=20, patience=5, control_combos=(1, 9)),
+    training=TrainingConfig(folds=5, max_epochs=8, patience=3, control_combos=(1, 9)),
 )
 
 SMOKE = Profile(

@@ -163,7 +163,7 @@ def _load_imagenet() -> tuple[dict[str, torch.Tensor], str]:
     except Exception as exc:  # offline, proxy, disk full, corrupt file: all reported alike
         raise WeightsError(
             f"ImageNet weights could not be loaded ({type(exc).__name__}: {exc}). Fix (offline "
-            f"sites): copy torchvision's {cached.name} to {cached.parent} (TORCH_HOME) or pass "
+            f"sites): copy torchvision's {cached.name} to $TORCH_HOME/hub/checkpoints/ or pass "
             "its path as weights (WEIGHTS=...)."
         ) from exc
     finally:
