@@ -33,6 +33,9 @@ MIN_OVERLAP_VOXELS = 1000
 #: halves whenever the gradient turns (it converges where plain gradient descent stalls early).
 RSGD_FIRST_STEP_MM = 2.0
 RSGD_MIN_STEP_MM = 0.01
+#: Candidates (after the restarts) taken through the last level; the best by the metric over
+#: every voxel of that level wins (near-equal optima along the limb axis are common).
+FINALISTS = 3
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,8 @@ def _level_image(image: sitk.Image, level: tuple[int, float]) -> sitk.Image:
 
 def _score(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
            level: tuple[int, float], config: RegistrationConfig, seed: int) -> float:
-    """Metric of `transform` at `level` (lower = better; inf when it cannot be computed)."""
+    """Metric of `transform` over every voxel of `level` (lower = better; inf when it cannot be
+    computed)."""
     method = _method(config, seed, (1,), (0.0,), 1)
     method.SetInitialTransform(transform, inPlace=False)
     try:
@@ -233,17 +237,16 @@ def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DT
                  levels: list[tuple[int, float]], config: RegistrationConfig, seed: int):
     """Coarse levels from `transform`; then restarts rotated about, then shifted along, the CT z
     axis (a limb looks alike along its axis, so the metric has local optima there), each taken
-    through the next-to-last level from the best so far; the best one by the last level's
-    metric goes through the last level."""
+    through the next-to-last level from the best so far. The FINALISTS best by the last level's
+    metric go through the last level, and the best of them wins."""
     search = max(0, len(levels) - 2)
     metric, recorder, stop = _optimise(fixed, moving, transform, levels[: search + 1], 0,
                                        config, seed)
-    if len(levels) == 1 and not start_offsets(config):
-        return transform, recorder.table(), metric, stop
     coarse_rows = [r for r in recorder.rows if r["level"] < search]
-    best = (_score(fixed, moving, transform, levels[-1], config, seed), transform, recorder.rows)
+    candidates = [(_score(fixed, moving, transform, levels[-1], config, seed), transform,
+                   recorder.rows, stop)]
     for offsets in start_offsets(config):
-        origin = best[1]
+        origin = min(candidates, key=lambda c: c[0])[1]
         for dz, rz in offsets:
             start = sitk.Euler3DTransform(origin)
             params = list(start.GetParameters())
@@ -251,18 +254,23 @@ def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DT
             params[5] += dz
             start.SetParameters(params)
             try:
-                _, restart, _ = _optimise(fixed, moving, start, levels[search:search + 1],
-                                          search, config, seed)
+                _, restart, stop = _optimise(fixed, moving, start, levels[search:search + 1],
+                                             search, config, seed)
             except RuntimeError:
                 continue  # this start maps the MR out of the CT: skip it
-            score = _score(fixed, moving, start, levels[-1], config, seed)
-            if score < best[0]:
-                best = (score, start, coarse_rows + restart.rows)
-    metric, transform, rows = best
-    if len(levels) > 1:
-        metric, final, stop = _optimise(fixed, moving, transform, levels[-1:], len(levels) - 1,
+            candidates.append((_score(fixed, moving, start, levels[-1], config, seed), start,
+                               coarse_rows + restart.rows, stop))
+    candidates.sort(key=lambda c: c[0])
+    if len(levels) == 1:
+        score, transform, rows, stop = candidates[0]
+        return transform, pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), score, stop
+    finalists = []
+    for _, start, rows, _ in candidates[:FINALISTS]:
+        metric, final, stop = _optimise(fixed, moving, start, levels[-1:], len(levels) - 1,
                                         config, seed)
-        rows = rows + final.rows
+        score = _score(fixed, moving, start, levels[-1], config, seed)
+        finalists.append((score, start, rows + final.rows, metric, stop))
+    _, transform, rows, metric, stop = min(finalists, key=lambda c: c[0])
     return transform, pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), metric, stop
 
 
