@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import re
 import socket
 import warnings
@@ -156,8 +157,12 @@ def _load_imagenet() -> tuple[dict[str, torch.Tensor], str]:
         # What VGG19_Weights.IMAGENET1K_V1.get_state_dict() does, for the (patchable) URL.
         extra = {"weights_only": True} if "weights_only" in inspect.signature(
             torch.hub.load_state_dict_from_url).parameters else {}  # absent in older torch
-        state = torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=False,
-                                                   check_hash=True, map_location="cpu", **extra)
+        # torch.hub announces the download with the cache's absolute path: keep that
+        # path out of executed notebooks (the book shows no path of the user's machine).
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            state = torch.hub.load_state_dict_from_url(IMAGENET_URL, progress=False,
+                                                       check_hash=True, map_location="cpu",
+                                                       **extra)
     except WeightsError:
         raise
     except Exception as exc:  # offline, proxy, disk full, corrupt file: all reported alike

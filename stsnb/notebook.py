@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pandas as pd
@@ -10,6 +11,15 @@ from .config import Profile, config_table
 from .manifest import display_path
 
 PATH_PARAMETERS = ("cohort_dir", "work_dir", "weights")
+
+
+def _short_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    """Warnings as 'Category: message' (no source path of the machine in the book)."""
+    return f"{category.__name__}: {message}\n"
+
+
+# Every chapter imports this module: its warnings (e.g. random weights) stay loud, without paths.
+warnings.formatwarning = _short_warning
 
 
 def parameters_table(**parameters: Any) -> pd.DataFrame:
