@@ -108,11 +108,9 @@ SMOKE = Profile(
     name="smoke",
     description="Tests only: a tiny cohort, small input size, 2 folds, 2 epochs.",
     registration=RegistrationConfig(
-        rigid_iterations=40,
-        rigid_shrink_factors=(4, 2),
-        rigid_smoothing_sigmas_mm=(2.0, 0.0),
+        rigid_iterations=50,
         rigid_z_starts_mm=(-8.0, 8.0),
-        rigid_z_rotations_deg=(),
+        rigid_z_rotations_deg=(-6.0, 6.0),
         bspline_iterations=20,
         bspline_samples=3000,
     ),

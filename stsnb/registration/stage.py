@@ -26,6 +26,7 @@ from ..curation import read_cohort_table
 from ..errors import StsnbError
 from ..manifest import update_manifest
 from ..store import (
+    STAGE_RECORD,
     Stage,
     atomic_path,
     ensure_writable_dir,
@@ -125,6 +126,15 @@ def saved_qa(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+def _curated_checksum(work_dir: Path) -> str | None:
+    """The cohort checksum chapter 01 recorded (saves hashing the cohort again); None if absent."""
+    try:
+        record = json.loads((work_dir / "curation" / STAGE_RECORD).read_text(encoding="utf-8"))
+        return record["key"]["cohort_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def registered_patients(work_dir: str | Path) -> list[str]:
     """The included patients of the curated cohort (``work_dir/cohort.csv``)."""
     if not (Path(work_dir) / "cohort.csv").exists():
@@ -180,7 +190,8 @@ def run_registration(
     write_review_template(work_dir, table)
     if len(reused) < len(ids) or not stage.is_current():
         stage.finish([qa_path, *outputs])
-    update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE)
+    update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE,
+                    cohort_sha256=_curated_checksum(work_dir))
     return RegistrationRun(qa=read_qa(qa_path), config=config, cohort=cohort,
                            thresholds=thresholds, reused=tuple(reused), work_dir=work_dir,
                            cohort_dir=cohort_dir)
