@@ -80,7 +80,7 @@ def check_book(
     """Visit every page of the book; optionally screenshot one page (relative path) to a PNG."""
     from playwright.sync_api import sync_playwright
 
-    root = Path(html_dir)
+    root = Path(html_dir).resolve()
     if not (root / "index.html").exists():
         raise StsnbError(f"No built book in {root}: index.html is missing. Fix: run make book.")
     reports = []
