@@ -9,8 +9,8 @@ class StsnbError(Exception):
     """Base of every error stsnb raises on purpose."""
 
 
-class CohortError(StsnbError, ValueError):
-    """A cohort folder, clinical.csv, cohort.toml or image that breaks the cohort contract."""
+class LocatedError(StsnbError, ValueError):
+    """Bad input located in a patient and a file: the message names both, the problem, the fix."""
 
     def __init__(
         self,
@@ -34,6 +34,10 @@ class CohortError(StsnbError, ValueError):
         if fix:
             message += f" Fix: {fix}"
         super().__init__(message)
+
+
+class CohortError(LocatedError):
+    """A cohort folder, clinical.csv, cohort.toml or image that breaks the cohort contract."""
 
 
 class ConfigError(StsnbError, ValueError):
