@@ -39,7 +39,8 @@ class RegistrationConfig:
     bspline_smoothing_sigmas_mm: tuple[float, ...] = (0.0,)  # per level, mm (smoothing made MI
     # prefer wrong deformations on the synthetic cohort: the last level is best unsmoothed)
     bspline_samples: int = 20000  # random points per level for the deformable metric
-    bspline_z_damping: float = 10.0  # z coefficients take this many times smaller steps
+    bspline_z_damping: float = 5.0  # z coefficients take this many times smaller steps
+    bspline_focus_mm: float = 50.0  # metric points within this distance of the GTV (0 = all)
     roi_margin_mm: float = 30.0  # deformable step: tumour z-extent +- this margin (>= 10 mm)
 
 

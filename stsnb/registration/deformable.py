@@ -1,9 +1,16 @@
-"""Deformable B-spline refinement (Mattes MI, LBFGS-B) on top of the rigid CT->MR transform.
+"""Deformable B-spline refinement (Mattes MI) on top of the rigid CT->MR transform.
 
 The B-spline lives on a region of the CT: the MR's field of view (after the rigid step) in the
 axial plane and the tumour z-extent +- ``roi_margin_mm`` along z (never less than the +- 10 mm
 slab that preprocessing keeps). Outside that region the rigid transform alone applies. The
 full map is ``T(p) = R(p + b(p))``: the B-spline displacement first, then the rigid transform.
+
+The metric samples CT points at least FOV_INSET_MM inside the MR field of view and within
+``bspline_focus_mm`` of the GTV (the tumour neighbourhood, where the contours and the slices
+that later stages use lie), on images binned to ``working_spacing_mm``, unsmoothed. These
+choices, the coarse mesh (``bspline_mesh_mm``) and the damped z steps were measured against the
+synthetic cohort's ground truth: smoothing, finer meshes, a quasi-Newton optimizer, points
+everywhere and free z steps each made the result worse than the rigid one for some patients.
 """
 
 from __future__ import annotations
@@ -81,6 +88,15 @@ def sampling_mask(work: sitk.Image, moving: sitk.Image, rigid: sitk.Transform,
     return sitk.Crop(eroded, radius, radius)
 
 
+def near_mask(work: sitk.Image, gtv: sitk.Image, distance_mm: float) -> sitk.Image:
+    """Voxels of `work` within `distance_mm` of the tumour mask `gtv` (on any grid)."""
+    mask = sitk.Resample(sitk.Cast(gtv > 0, sitk.sitkUInt8), work, sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    distance = sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True)
+    return sitk.Cast(distance <= distance_mm, sitk.sitkUInt8)
+
+
 def set_optimizer(method: sitk.ImageRegistrationMethod, config: RegistrationConfig,
                   n_parameters: int) -> None:
     """Regular-step gradient descent on the B-spline coefficients (mm), the z components damped.
@@ -116,6 +132,8 @@ def register_deformable(fixed: sitk.Image, moving: sitk.Image, gtv: sitk.Image,
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.mi_histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     mask = sampling_mask(work, moving, rigid)
+    if config.bspline_focus_mm > 0:
+        mask = sitk.And(mask, near_mask(work, gtv, config.bspline_focus_mm))
     kept = float(sitk.GetArrayViewFromImage(mask).mean())
     if kept == 0.0:
         raise RegistrationError(
@@ -153,9 +171,10 @@ def register_deformable(fixed: sitk.Image, moving: sitk.Image, gtv: sitk.Image,
     )
 
 
-def compose(*transforms: sitk.Transform) -> sitk.CompositeTransform:
-    """T = t1(t2(...(tn(p)))): the last transform is applied first (SimpleITK's order)."""
-    return sitk.CompositeTransform(list(transforms))
+def compose(*transforms: sitk.Transform) -> sitk.Transform:
+    """T = t1(t2(...(tn(p)))): the last transform is applied first (SimpleITK's order); a
+    single transform is returned as it is."""
+    return transforms[0] if len(transforms) == 1 else sitk.CompositeTransform(list(transforms))
 
 
 @dataclass(frozen=True)
@@ -169,12 +188,15 @@ class DeformationSummary:
 
 
 def summarize_deformation(bspline: sitk.Transform, region: sitk.Image,
+                          moving: sitk.Image | None = None, rigid: sitk.Transform | None = None,
                           step_mm: float = 2.0) -> DeformationSummary:
     """Sample `bspline` over `region` every ~`step_mm` (never finer than the region's voxels).
 
     The sampled field resamples images much faster than the B-spline itself and differs from
     it by far less than 0.01 mm (a cubic B-spline with knots >= 20 mm apart, linearly
-    interpolated); the rigid part does not change the Jacobian (det R = 1).
+    interpolated); the rigid part does not change the Jacobian (det R = 1). Given the MR
+    (`moving`) and the `rigid` transform, the minimum Jacobian and the largest displacement
+    are taken where the MR has data (elsewhere the deformed MR is zero whatever the field).
     """
     size = np.asarray(region.GetSize(), dtype=float)
     spacing = np.asarray(region.GetSpacing())
@@ -191,6 +213,11 @@ def summarize_deformation(bspline: sitk.Transform, region: sitk.Image,
     jacobian = sitk.Cast(sitk.DisplacementFieldJacobianDeterminant(field), sitk.sitkFloat32)
     values = sitk.GetArrayViewFromImage(jacobian)
     norms = np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1)
-    summary = {"min_jacobian": float(values.min()), "max_displacement_mm": float(norms.max())}
+    inside = np.ones(values.shape, dtype=bool)
+    if moving is not None and rigid is not None:
+        inside = sitk.GetArrayViewFromImage(coverage_on_grid(moving, jacobian, rigid)) > 0
+        inside = inside if inside.any() else np.ones(values.shape, dtype=bool)
+    summary = {"min_jacobian": float(values[inside].min()),
+               "max_displacement_mm": float(norms[inside].max())}
     return DeformationSummary(jacobian=jacobian, field=sitk.DisplacementFieldTransform(field),
                               **summary)

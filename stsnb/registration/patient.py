@@ -127,7 +127,8 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
         except RegistrationError as exc:  # keep the rigid result, flagged for review
             deformable_error = exc.problem
     if deformable is not None:
-        deformation = summarize_deformation(deformable.bspline, deformable.region)
+        deformation = summarize_deformation(deformable.bspline, deformable.region,
+                                            mr[ref], rigid.transform)
         exact.append(deformable.bspline)
         fast.append(deformation.field)
     histories = [rigid.history] + ([deformable.history] if deformable else [])
@@ -166,7 +167,7 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
 
 def _measure(inputs, ct, gtv, mr, rigid, deformable, deformation, rigid_transforms, transforms,
              resampling, images, config, seed) -> dict[str, Any]:
-    """The QA row of one patient (without flags: qa.flag_patients adds them)."""
+    """The QA row of one patient (without flags: qa.qa_table adds them)."""
     ref = inputs.reference
     qa: dict[str, Any] = {"patient_id": inputs.patient_id}
     if inputs.contour is not None:

@@ -4,7 +4,8 @@ A patient is flagged when any of these holds (the reasons are listed in ``flag_r
 
 - Dice of the propagated MR contour vs the CT GTV after the final step < ``min_dice`` (0.80);
 - mean landmark TRE after the final step > ``max_tre_mm`` (3 mm);
-- minimum Jacobian determinant of the deformation < ``min_jacobian`` (0.1; <= 0 is folding);
+- minimum Jacobian determinant of the deformation, where the MR has data, < ``min_jacobian``
+  (0.1; <= 0 is folding);
 - largest B-spline displacement > ``max_displacement_mm`` (20 mm: implausible for a limb);
 - the deformable step lowered the Dice by more than ``max_dice_drop`` (0.05) against rigid;
 - mutual information after registration lower than before it (scanner positions);

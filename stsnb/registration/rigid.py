@@ -9,8 +9,8 @@ resamples the MR onto the CT grid directly. Initialisation (``initialization``):
   the MR overlaps the CT in scanner coordinates.
 
 The CT is cropped to the region the MR can reach (its FOV + 25 mm), both images are binned to
-about ``working_spacing_mm``, and a coarse-to-fine search runs from a grid of starts rotated
-about and shifted along the CT z axis (``rigid_z_rotations_deg`` x ``rigid_z_starts_mm``): a limb
+about ``working_spacing_mm``, and the coarse-to-fine descent restarts rotated about, then
+shifted along, the CT z axis (``rigid_z_rotations_deg``, ``rigid_z_starts_mm``): a limb
 looks much alike along its axis, and a single descent often stops in a local optimum there
 (measured on the synthetic cohort). Regular-step gradient descent is the optimizer: plain gradient
 descent with an estimated learning rate stopped early on this metric.
@@ -38,9 +38,9 @@ MIN_OVERLAP_VOXELS = 1000
 #: halves whenever the gradient turns (it converges where plain gradient descent stalls early).
 RSGD_FIRST_STEP_MM = 2.0
 RSGD_MIN_STEP_MM = 0.01
-#: Starts kept after the coarse levels, then after the next-to-last level (ranked by the metric
-#: over every voxel of the next level; near-equal optima along the limb axis are common).
-KEEP = (4, 2)
+#: Candidates (after the restarts) taken through the last level; the best by the metric over
+#: every voxel of that level wins (near-equal optima along the limb axis are common).
+FINALISTS = 3
 
 
 @dataclass(frozen=True)
@@ -211,12 +211,12 @@ def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTran
     return float(method.GetMetricValue()), recorder, method.GetOptimizerStopConditionDescription()
 
 
-def start_offsets(config: RegistrationConfig) -> list[tuple[float, float]]:
-    """The starts tried: every (shift along the CT z axis in mm, rotation about it in degrees)
-    of the grid (0 and rigid_z_starts_mm) x (0 and rigid_z_rotations_deg), (0, 0) first."""
-    shifts = [0.0, *config.rigid_z_starts_mm]
-    rotations = [0.0, *config.rigid_z_rotations_deg]
-    return [(dz, rz) for rz in rotations for dz in shifts]
+def start_offsets(config: RegistrationConfig) -> list[list[tuple[float, float]]]:
+    """Rounds of restarts, (shift along the CT z axis in mm, rotation about it in degrees):
+    rotations first, then shifts from the best rotation (empty rounds left out)."""
+    rounds = [[(0.0, rz) for rz in config.rigid_z_rotations_deg],
+              [(dz, 0.0) for dz in config.rigid_z_starts_mm]]
+    return [r for r in rounds if r]
 
 
 def _level_image(image: sitk.Image, level: tuple[int, float]) -> sitk.Image:
@@ -250,39 +250,40 @@ def _shifted(transform: sitk.Euler3DTransform, dz: float, rz: float) -> sitk.Eul
 
 def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform,
                  levels: list[tuple[int, float]], config: RegistrationConfig, seed: int):
-    """A coarse-to-fine search over starts rotated about and shifted along the CT z axis (a limb
-    looks alike along its axis, so the metric has local optima there).
-
-    Every start of the grid goes through the coarse levels; the KEEP[0] best by the metric over
-    every voxel of the next level go through it; the KEEP[1] best of those through the last
-    level; the best by the last level's metric wins. With one or two levels, the grid is cut
-    at the levels there are.
-    """
-    stages = [levels[:-2], levels[-2:-1], levels[-1:]] if len(levels) > 2 else (
-        [[], levels[:1], levels[1:]] if len(levels) == 2 else [[], [], levels])
-    images = {i: _level_image(fixed, level) for i, level in enumerate(levels)}
-    candidates = [(0.0, _shifted(transform, dz, rz), [], "") for dz, rz in start_offsets(config)]
-    first = 0
-    keep = (KEEP[0], KEEP[1], 1)
-    for stage, (stage_levels, kept) in enumerate(zip(stages, keep, strict=True)):
-        if not stage_levels:
-            continue
-        done = []
-        for _, start, rows, _ in candidates:
+    """Coarse levels from `transform`; then restarts rotated about, then shifted along, the CT z
+    axis (a limb looks alike along its axis, so the metric has local optima there), each taken
+    through the next-to-last level from the best so far. Candidates are ranked by the metric
+    over every voxel of the last level; the FINALISTS best go through the last level, and the
+    best of them by that metric wins."""
+    search = max(0, len(levels) - 2)
+    image = _level_image(fixed, levels[-1])
+    metric, recorder, stop = _optimise(fixed, moving, transform, levels[: search + 1], 0,
+                                       config, seed)
+    coarse_rows = [r for r in recorder.rows if r["level"] < search]
+    candidates = [(_score(image, moving, transform, config, seed), transform, recorder.rows,
+                   stop)]
+    for offsets in start_offsets(config):
+        origin = min(candidates, key=lambda c: c[0])[1]
+        for dz, rz in offsets:
+            start = _shifted(origin, dz, rz)
             try:
-                _, recorder, stop = _optimise(fixed, moving, start, stage_levels, first, config,
-                                              seed)
+                _, restart, stop = _optimise(fixed, moving, start, levels[search:search + 1],
+                                             search, config, seed)
             except RuntimeError:
                 continue  # this start maps the MR out of the CT: skip it
-            last = first + len(stage_levels) - 1
-            next_level = min(last + 1, len(levels) - 1)
-            value = _score(images[next_level], moving, start, config, seed)
-            done.append((value, start, rows + recorder.rows, stop))
-        if not done:
-            raise RuntimeError("every start maps the MR outside the CT")
-        candidates = sorted(done, key=lambda c: c[0])[: kept if stage < 2 else 1]
-        first += len(stage_levels)
-    value, transform, rows, stop = candidates[0]
+            candidates.append((_score(image, moving, start, config, seed), start,
+                               coarse_rows + restart.rows, stop))
+    candidates.sort(key=lambda c: c[0])
+    if len(levels) == 1:
+        value, transform, rows, stop = candidates[0]
+        return transform, pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), value, stop
+    finalists = []
+    for _, start, rows, _ in candidates[:FINALISTS]:
+        _, final, stop = _optimise(fixed, moving, start, levels[-1:], len(levels) - 1, config,
+                                   seed)
+        finalists.append((_score(image, moving, start, config, seed), start, rows + final.rows,
+                          stop))
+    value, transform, rows, stop = min(finalists, key=lambda c: c[0])
     return transform, pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), value, stop
 
 

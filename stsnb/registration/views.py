@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from ..cohort_config import read_cohort_config
 from ..imageio import read_image
+from .geometry import box_corners_mm, crop, index_box, mask_box
 from .inputs import patient_inputs
-from .review import registration_dir
 from .stage import patient_dir
 
 
@@ -59,8 +60,6 @@ def central_slice(gtv: sitk.Image) -> int:
 def load_views(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
                z_index: int | None = None) -> PatientViews:
     """Read one registered patient's slice views (from the cohort and the stage's outputs)."""
-    from ..cohort_config import read_cohort_config
-
     folder = patient_dir(work_dir, patient_id)
     qa = json.loads((folder / "qa.json").read_text(encoding="utf-8"))
     inputs = patient_inputs(cohort_dir, patient_id, read_cohort_config(cohort_dir))
@@ -108,9 +107,6 @@ def registered_volumes(cohort_dir: str | Path, work_dir: str | Path, patient_id:
     """CT-grid volumes around the tumour (GTV box + `margin_mm`) for the interactive viewers:
     ``fixed`` (CT, HU), ``moving`` (the registered reference MR), ``contour`` (the MR-frame
     contour propagated onto the CT grid, or the CT GTV when there is none) and ``gtv``."""
-    from ..cohort_config import read_cohort_config
-    from .geometry import box_corners_mm, crop, index_box, mask_box
-
     folder = patient_dir(work_dir, patient_id)
     inputs = patient_inputs(cohort_dir, patient_id, read_cohort_config(cohort_dir))
     gtv = sitk.ReadImage(str(folder / "gtv.nii.gz"))
@@ -127,5 +123,4 @@ def registered_volumes(cohort_dir: str | Path, work_dir: str | Path, patient_id:
     return {name: crop(image, region) for name, image in volumes.items()}
 
 
-__all__ = ["PatientViews", "central_slice", "load_views", "registered_volumes",
-           "registration_dir", "sample_patients"]
+__all__ = ["PatientViews", "central_slice", "load_views", "registered_volumes", "sample_patients"]
