@@ -1,4 +1,4 @@
-"""Command line: `python -m stsnb synth|curate|run|book ...`."""
+"""Command line: `python -m stsnb synth|curate|run|book|import-dicom ...`."""
 
 from __future__ import annotations
 
@@ -17,17 +17,23 @@ SYNTH_STAMP = ".stsnb-synth.json"
 
 
 def _synth(args: argparse.Namespace) -> None:
+    from .modalities import STUDY_MODALITIES
     from .synth import make_synthetic_cohort
+    from .synth.writer import check_modalities
 
     out = Path(args.out)
     stamp = out / SYNTH_STAMP
+    modalities = check_modalities(args.modalities)
     wanted = {"patients": args.patients, "seed": args.seed, "version": __version__}
+    if modalities != STUDY_MODALITIES:
+        wanted["modalities"] = list(modalities)
     if not args.force and stamp.exists() and json.loads(stamp.read_text()) == wanted:
-        print(f"[stsnb] synthetic cohort already in {out} (same patients and seed): kept")
+        print(f"[stsnb] synthetic cohort already in {out} (same patients, seed and images): kept")
         return
     started = time.perf_counter()
     table = make_synthetic_cohort(out, n_patients=args.patients, seed=args.seed,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, modalities=modalities,
+                                  workers=args.workers)
     seconds = time.perf_counter() - started
     write_json_atomic(stamp, wanted)
     print(f"[stsnb] synthetic cohort: {len(table)} screened patients in {out} ({seconds:.1f} s)")
@@ -61,6 +67,19 @@ def _curate(args: argparse.Namespace) -> None:
     print(f"[stsnb] curated: {len(result.cohort)} screened, {included} included")
 
 
+def _import_dicom(args: argparse.Namespace) -> None:
+    from .dicom import import_dicom_cohort
+
+    result = import_dicom_cohort(
+        args.source, args.out, import_map=args.map, clinical=args.clinical,
+        clinical_map=args.clinical_map, id_map=args.id_map, register=tuple(args.register),
+        overwrite=args.overwrite, progress=not args.quiet)
+    n = result.report["patient_id"].replace("", None).dropna().nunique()
+    print(f"[stsnb] imported {n} patients into {result.cohort_dir}: "
+          f"{', '.join(result.modalities)} (same frame as the CT: "
+          f"{', '.join(result.same_frame_as_ct) or 'none'}); see import_report.csv")
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cohort-dir", default="data/synthetic", help="cohort folder")
     parser.add_argument("--work-dir", default="work", help="work folder for all outputs")
@@ -81,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="cohort folder to write")
     synth.add_argument("--patients", type=int, default=72, help="screened patients (72)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--modalities", default=None,
+                       help="images to generate, comma-separated, in channel order, the CT "
+                       "required (default ct,dose,t1w,t2w,ce_t1w; also pet, e.g. ct,pet,t1w)")
+    synth.add_argument("--workers", type=int, default=None,
+                       help="processes rendering patients in parallel (default: CPU count)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.add_argument("--force", action="store_true", help="regenerate even if present")
     synth.set_defaults(func=_synth)
@@ -100,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--chapters", nargs="*", help="notebook names (default: all, in order)")
     book.add_argument("--build-only", action="store_true", help="only build from executed ones")
     book.set_defaults(func=_book)
+    dicom = sub.add_parser("import-dicom", help="import DICOM-RT patients as a cohort folder")
+    dicom.add_argument("source", help="folder with one sub-folder of DICOM files per patient")
+    dicom.add_argument("--out", required=True, help="cohort folder to write")
+    dicom.add_argument("--map", help="import map (TOML): series rules and the tumour ROI pattern")
+    dicom.add_argument("--clinical", help="clinical sheet (CSV; XLSX when openpyxl is installed)")
+    dicom.add_argument("--clinical-map", help="column map of the clinical sheet (TOML)")
+    dicom.add_argument("--id-map", help="CSV linking pseudonyms to the source (outside --out)")
+    dicom.add_argument("--register", nargs="*", default=[],
+                       help="images to register even when they share the CT's frame")
+    dicom.add_argument("--overwrite", action="store_true", help="replace an earlier import")
+    dicom.add_argument("--quiet", action="store_true", help="no progress bar")
+    dicom.set_defaults(func=_import_dicom)
     return parser
 
 

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import nbformat
 
-from .book import book_root, execute_chapter, prepare_book_root
+from .book import book_root, execute_chapter, notebook_errors, prepare_book_root
 from .combinations import Combination, combinations_for, resolve_combo
 from .config import PROFILES, Profile, resolve_profile
-from .errors import StsnbError
+from .errors import ConfigError, StsnbError
+from .features import SliceSource
 from .folds import SPLITS, check_split
 from .plots.training import combination_label
+from .results import auc_order, patient_aucs, split_predictions
 from .store import atomic_path, ensure_writable_dir
 from .training import RUN_RECORD, is_done, open_slices, run_dir
 
@@ -35,14 +37,39 @@ def notebook_name(combo: int, split: str = "patient") -> str:
     return f"{CHAPTER}_combo{int(combo):02d}{suffix}"
 
 
+#: control_combos value: the controls run for the best and the worst combination.
+EXTREMES = "extremes"
+
+
+def control_numbers(setting: tuple[int, ...] | str | None, numbers: Sequence[int],
+                    ranked: Sequence[int] | None = None) -> list[int]:
+    """Which of `numbers` get the control splits under the profile's `control_combos`.
+
+    None: all; a tuple: those listed; "extremes": the best and the worst of `numbers` in
+    `ranked` (patient-level AUC order, stsnb.results.auc_order), none while that is unknown.
+    """
+    if setting is None:
+        return list(numbers)
+    if isinstance(setting, str):
+        if setting != EXTREMES:
+            raise ConfigError(f"control_combos {setting!r}: expected a tuple of combination "
+                              f"numbers, None (all) or {EXTREMES!r}.")
+        order = [n for n in (ranked or ()) if n in numbers]
+        return list(dict.fromkeys([order[0], order[-1]])) if order else []
+    return [n for n in numbers if n in setting]
+
+
 def training_jobs(profile: Profile, modalities: tuple[str, ...],
                   combos: Sequence[int | str] | None = None,
-                  splits: Sequence[str] | None = None) -> list[tuple[int, str]]:
+                  splits: Sequence[str] | None = None,
+                  ranked: Sequence[int] | None = None) -> list[tuple[int, str]]:
     """(combination number, split) pairs in run order.
 
     Default combinations: every three-image combination (the study's ten). Default splits: the
     patient split for each, then the controls ('slice', 'random') for the profile's
-    `control_combos` (None = all). Splits given explicitly apply to every combination given.
+    `control_combos` (see `control_numbers`; "extremes" needs `ranked`, the patient-split
+    ranking, and yields no control job without it). Splits given explicitly apply to every
+    combination given.
     """
     if combos is None:
         numbers = [c.number for c in combinations_for(modalities) if not c.is_single]
@@ -51,10 +78,10 @@ def training_jobs(profile: Profile, modalities: tuple[str, ...],
     if splits is not None:
         chosen = [check_split(s) for s in splits]
         return [(n, s) for s in chosen for n in numbers]
-    controls = profile.training.control_combos
+    controls = control_numbers(profile.training.control_combos, numbers, ranked)
     jobs = [(n, "patient") for n in numbers]
     for split in SPLITS[1:]:
-        jobs += [(n, split) for n in numbers if controls is None or n in controls]
+        jobs += [(n, split) for n in controls]
     return jobs
 
 
@@ -69,13 +96,34 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
     store = open_slices(work_dir, resolved)
     generated = prepare_book_root(book_root(work_dir))
     weights_arg = str(Path(weights).resolve()) if Path(weights).is_file() else weights
+    modalities = tuple(store.modalities)
+    jobs = training_jobs(resolved, modalities, combos, splits)
+    outputs = _run_jobs(jobs, cohort_dir, work_dir, profile, resolved, store, generated, seed,
+                        device, weights_arg, precision)
+    if splits is None and resolved.training.control_combos == EXTREMES:
+        numbers = [n for n, _ in jobs]
+        ranked = auc_order(patient_aucs(split_predictions(work_dir, "patient", numbers)))
+        controls = [job for job in training_jobs(resolved, modalities, combos, None, ranked)
+                    if job[1] != "patient"]
+        print(f"[stsnb] controls for the best and the worst combination by patient-level AUC: "
+              f"{sorted({n for n, _ in controls})}", flush=True)
+        outputs += _run_jobs(controls, cohort_dir, work_dir, profile, resolved, store, generated,
+                             seed, device, weights_arg, precision)
+    return outputs
+
+
+def _run_jobs(jobs: Sequence[tuple[int, str]], cohort_dir: str | Path, work_dir: Path,
+              profile: str, resolved: Profile, store: SliceSource, generated: Path, seed: int,
+              device: str, weights_arg: str, precision: str) -> list[Path]:
+    """Execute chapter 04 for each job unless its run and notebook are current."""
     outputs = []
-    for number, split in training_jobs(resolved, tuple(store.modalities), combos, splits):
+    for number, split in jobs:
         name = notebook_name(number, split)
         target = generated / f"{name}.ipynb"
         record = run_dir(work_dir, split, number) / RUN_RECORD
         if (target.exists() and record.exists()
                 and target.stat().st_mtime >= record.stat().st_mtime
+                and not notebook_errors(target)
                 and is_done(store, work_dir, resolved, number, split, seed, device, weights_arg,
                             precision)):
             print(f"[stsnb] {name}: done with this configuration, skipped", flush=True)
@@ -87,8 +135,11 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
                       "profile": profile, "seed": int(seed), "combo": int(number),
                       "split": split, "device": device, "weights": weights_arg,
                       "precision": precision, "progress": False}
-        executed = execute_chapter(CHAPTER, generated, parameters, work_dir, stage_name=name)
-        retitle(executed, page_title(resolve_combo(number, tuple(store.modalities)), split))
+        combination = resolve_combo(number, tuple(store.modalities))
+        executed = execute_chapter(CHAPTER, generated, parameters, work_dir, stage_name=name,
+                                   run=f"combination {number} ({combination.name}), {split} "
+                                   "split")
+        retitle(executed, page_title(combination, split))
         outputs.append(executed)
     return outputs
 

@@ -7,6 +7,7 @@ The default work dir (`work/` in the checkout) publishes into the checkout itsel
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,8 +20,8 @@ import nbformat
 import pandas as pd
 
 from .errors import StsnbError
-from .manifest import manifest_table, read_manifest
-from .notebook import markdown_table
+from .manifest import display_path, manifest_table, read_manifest
+from .notebook import PATH_PARAMETERS, markdown_table
 from .store import atomic_path, ensure_writable_dir, record_timing, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ CHAPTERS: tuple[str, ...] = (
     "04_training",
     "05_cv_results",
     "06_gradcam",
+    "07_real_cohort",  # appendix: the TCIA sample imported from DICOM (its own cohort)
 )
 TRAINING_CHAPTER = "04_training"
 BOOK_FILES = ("_config.yml", "_toc.yml")
@@ -69,16 +71,59 @@ def prepare_book_root(root: Path) -> Path:
     return generated
 
 
-def hide_parameter_cells(path: Path) -> None:
-    """Tag papermill's injected cell and the defaults cell so the book leaves them out."""
+def _without_machine_paths(text: str, roots: list[str]) -> str:
+    """`text` with each absolute root replaced by its display path (longest first)."""
+    for root in sorted(roots, key=len, reverse=True):
+        text = text.replace(root, display_path(root))
+    return text
+
+
+def hide_parameter_cells(path: Path, roots: tuple[str | Path, ...] = ()) -> None:
+    """Tag papermill's injected cell and the defaults cell so the book leaves them out, and
+    write the absolute `roots` (cohort, work dir, checkout) in the injected cell and papermill's
+    metadata as display paths: an executed chapter holds no absolute path of the machine."""
     nb = nbformat.read(path, as_version=4)
+    absolute = [str(r) for r in (*roots, REPO_ROOT, path.parent) if Path(r).is_absolute()]
+    absolute = [r for r in absolute if r != "/"]
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         extra = [HIDDEN_TAGS[t] for t in tags if t in HIDDEN_TAGS]
         if extra:
             cell["metadata"]["tags"] = sorted(set(tags) | set(extra))
+        if "injected-parameters" in tags:
+            cell.source = _without_machine_paths(cell.source, absolute)
+    meta = nb.metadata.get("papermill")
+    if meta is not None:
+        nb.metadata["papermill"] = json.loads(_without_machine_paths(json.dumps(meta), absolute))
     with atomic_path(path) as tmp:
         nbformat.write(nb, tmp)
+
+
+def failure_message(source: str, page: str, run: str | None, where: str, error: str,
+                    target: Path) -> str:
+    """What a user reads when an executed chapter fails: notebook, run, cell, error, where."""
+    what = f" for {run}" if run else ""
+    return (f"Notebook {source} ({page}){what} failed in {where}: {error}. The executed "
+            f"notebook, with the error visible, is at {target}. Fix: read the error there, "
+            "correct the input or setting it names, and run again (finished work is reused).")
+
+
+def _cell_text(source: str) -> str:
+    """The first code line of a cell, shortened, for an error message."""
+    lines = [line.strip() for line in source.splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    first = lines[0] if lines else ""
+    return first if len(first) <= 70 else first[:67] + "..."
+
+
+def notebook_errors(path: Path) -> list[str]:
+    """'ename: evalue' of every error output in an executed notebook (empty when it ran clean)."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError) as exc:
+        return [f"unreadable notebook: {exc}"]
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def execute_chapter(
@@ -87,14 +132,17 @@ def execute_chapter(
     parameters: dict[str, Any],
     work_dir: Path,
     stage_name: str | None = None,
+    run: str | None = None,
 ) -> Path:
     """Execute `notebooks/<name>.ipynb` with papermill into `out_dir`; return the output path.
 
     The notebook runs into a temporary file that replaces the output only on success; a failure
-    leaves the executed notebook, error included, at the output path and raises a StsnbError
-    naming the notebook and the failing cell.
+    (an error in a cell, or a kernel that died) leaves the executed notebook, error included, at
+    the output path and raises a StsnbError naming the notebook, `run` (e.g. the combination
+    and split) and the failing cell.
     """
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     source = NOTEBOOK_DIR / f"{name}.ipynb"
@@ -115,17 +163,26 @@ def execute_chapter(
         )
     except PapermillExecutionError as exc:
         os.replace(tmp, target)
-        raise StsnbError(
-            f"Notebook {source.name} ({stage_name or name}) failed in cell {exc.exec_count} "
-            f"with {exc.ename}: {exc.evalue}. The executed notebook with the error is at "
-            f"{target}."
-        ) from exc
+        where = (f"code cell {exc.exec_count} (cell {exc.cell_index + 1} of the notebook, "
+                 f"`{_cell_text(exc.source)}`)")
+        raise StsnbError(failure_message(source.name, stage_name or name, run, where,
+                                         f"{exc.ename}: {exc.evalue}", target)) from exc
+    except (DeadKernelError, CellTimeoutError) as exc:
+        if not tmp.exists():
+            raise
+        os.replace(tmp, target)
+        raise StsnbError(failure_message(
+            source.name, stage_name or name, run, "the cell that was running",
+            f"{type(exc).__name__} (the kernel died or timed out, e.g. out of memory): "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}", target)) from exc
     except BaseException:
         if tmp.exists():
             tmp.unlink()
         raise
     os.replace(tmp, target)
-    hide_parameter_cells(target)
+    roots = tuple(v for k, v in parameters.items()
+                  if k in PATH_PARAMETERS and isinstance(v, str) and Path(v).is_absolute())
+    hide_parameter_cells(target, roots)
     record_timing(work_dir, f"chapter {stage_name or name}", time.perf_counter() - started)
     return target
 

@@ -29,6 +29,7 @@ class RegistrationConfig:
     rigid_z_rotations_deg: tuple[float, ...] = (-8.0, -4.0, 4.0, 8.0)  # restarts about CT z
     mi_histogram_bins: int = 50  # Mattes MI bins (SimpleITK's usual default)
     mi_sampling_fraction: float = 0.05  # random voxel sampling for the metric
+    rigid_focus_mm: float = 0.0  # rigid metric only within this distance of the GTV (0 = all)
     working_spacing_mm: float = 2.0  # images binned to about this voxel size first (0 = off)
     refine_sequences: bool = False  # per-sequence rigid MR-to-MR refinement (inter-sequence motion)
     refine_iterations: int = 60  # iterations of that refinement
@@ -67,7 +68,8 @@ class TrainingConfig:
     max_epochs: int = 50  # "for 50 epochs"
     patience: int = 8  # "validation loss did not improve for 8 sequential epochs"
     validation_fraction: float = 0.1  # of the training patients, for early stopping (not stated)
-    control_combos: tuple[int, ...] | None = None  # None = controls for every combination
+    control_combos: tuple[int, ...] | str | None = None  # None = controls for every
+    # combination; "extremes" = for the best and the worst by patient-level AUC (patient split)
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,15 @@ PAPER = Profile(
 QUICK = Profile(
     name="quick",
     description="Same code path and 224 px VGG-19 on a CPU: fewer slices per patient, "
-    "5 folds, fewer epochs, lighter registration, controls on a subset of combinations.",
+    "5 folds, fewer epochs, lighter registration, controls for the best and the worst "
+    "combination.",
     registration=RegistrationConfig(
         rigid_iterations=100,
         bspline_iterations=100,
         bspline_samples=10000,
     ),
-    preprocessing=PreprocessingConfig(max_slices_per_patient=8),
-    training=TrainingConfig(folds=5, max_epochs=8, patience=3, control_combos=(1, 9)),
+    preprocessing=PreprocessingConfig(max_slices_per_patient=6),
+    training=TrainingConfig(folds=5, max_epochs=8, patience=3, control_combos="extremes"),
 )
 
 SMOKE = Profile(

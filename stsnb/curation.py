@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .cohort import (
+    BOOK_CLINICAL_COLUMNS,
     CohortConfig,
     curate_cohort,
     image_geometry,
@@ -19,6 +20,8 @@ from .manifest import update_manifest
 from .store import Stage, cohort_checksum, ensure_writable_dir, write_csv_atomic
 
 STAGE = "curation"
+#: Bumped when what cohort.csv holds changes (part of the stage key).
+CURATION_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ def run_curation(
         "cohort_sha256": checksum,
         "min_followup_months": float(min_followup_months),
         "modalities": list(config.modalities),
+        "format": CURATION_FORMAT,
+        "clinical_columns": list(BOOK_CLINICAL_COLUMNS),
     }
     stage = Stage(work_dir, STAGE, key)
     paths = {
@@ -65,11 +70,12 @@ def run_curation(
     reused = stage.is_current()
     if not reused:
         stage.start()
-        table = curate_cohort(
+        table = work_view(curate_cohort(
             cohort_dir, min_followup_months=min_followup_months, progress=progress
-        )
+        ))
         geometry = image_geometry(cohort_dir, table)
         flow = inclusion_flow(table)
+        stage.invalidate()
         write_csv_atomic(geometry, paths["geometry"])
         write_csv_atomic(flow, paths["flow"])
         write_csv_atomic(table, paths["cohort"])
@@ -102,6 +108,17 @@ def read_cohort_table(work_dir: str | Path) -> pd.DataFrame:
     table["label"] = table["label"].astype("Int64")
     table["included"] = table["included"].astype(bool)
     return table
+
+
+def work_view(cohort: pd.DataFrame) -> pd.DataFrame:
+    """The curation table as the work dir keeps it: curation columns and the allowlisted
+    clinical columns (BOOK_CLINICAL_COLUMNS, any case) only, so that identifying columns of
+    clinical.csv (names, birth dates, record numbers, ...) never leave the cohort folder."""
+    allowed = {c.lower() for c in BOOK_CLINICAL_COLUMNS}
+    end = list(cohort.columns).index("gtv_volume_cc") + 1
+    curation = list(cohort.columns[:end])
+    clinical = [c for c in cohort.columns[end:] if str(c).strip().lower() in allowed]
+    return cohort[curation + clinical]
 
 
 def book_view(cohort: pd.DataFrame, allowed: tuple[str, ...] | None = None) -> pd.DataFrame:

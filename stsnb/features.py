@@ -28,8 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .manifest import software_key
 from .model import N_FEATURES, ModelBundle, backbone_forward, prepare_backbone
-from .store import atomic_path, hash_config, write_json_atomic
+from .store import (
+    atomic_path,
+    hash_config,
+    remove_stale_temporaries,
+    require_free_space,
+    write_json_atomic,
+)
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -140,7 +147,7 @@ def feature_key(source: SliceSource, channels: Sequence[str], bundle: ModelBundl
     return {"kind": "vgg19 features+avgpool", "store": source.key_hash,
             "channels": list(channels), "input_px": int(source.input_px),
             "weights": bundle.weights.identity(), "precision": precision,
-            "transform": "imagenet mean/std on [0, 1]"}
+            "transform": "imagenet mean/std on [0, 1]", "software": software_key("features")}
 
 
 def compute_features(source: SliceSource, rows: np.ndarray, channels: Sequence[str],
@@ -193,6 +200,7 @@ def cached_features(source: SliceSource, work_dir: str | Path, channels: Sequenc
     key_hash = hash_config(key)
     root = Path(work_dir) / FEATURE_DIR / key_hash[:16]
     record_path = root / "cache.json"
+    remove_stale_temporaries(root)  # shards cut off by a killed run
     previous = _read_json(record_path)
     total = float(previous.get("seconds", 0.0)) if previous.get("key_hash") == key_hash else 0.0
     pids = source.index["patient_id"].astype(str).to_numpy()
@@ -209,6 +217,9 @@ def cached_features(source: SliceSource, work_dir: str | Path, channels: Sequenc
             missing.append((pid, where))
     seconds = 0.0
     if missing:
+        n_rows = sum(len(where) for _, where in missing)
+        require_free_space(root.parent, feature_bytes(n_rows, precision),
+                           f"the VGG-19 features of {len(missing)} patients ({n_rows} slices)")
         prepare_backbone(bundle, device, precision)
     bar = tqdm(total=len(missing), desc="features", unit="patient", disable=not progress,
                leave=False)
@@ -233,6 +244,11 @@ def cached_features(source: SliceSource, work_dir: str | Path, channels: Sequenc
         write_json_atomic(record_path, {"key": key, "key_hash": key_hash, "seconds": total,
                                         "n_features": N_FEATURES, "device": str(device)})
     return Features(values, key, key_hash, root, len(missing), seconds, total)
+
+
+def feature_bytes(n_rows: int, precision: str) -> int:
+    """Bytes on disk of the cached features of `n_rows` slices (npy headers aside)."""
+    return int(n_rows) * N_FEATURES * (2 if precision == "bf16" else 4)
 
 
 def _groups(items: list[tuple[str, np.ndarray]],

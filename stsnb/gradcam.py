@@ -1,8 +1,12 @@
 """Stage 06: Grad-CAM on VGG-19's last convolutional layer, and how much of it lies in the GTV.
 
-Maps come from the grad-cam package (pytorch-grad-cam) for the class "distant metastasis" on
-each fold's own network and that fold's test slices. A map's *mass* is the sum of its values;
-the share inside the GTV is compared with the share chance would give (GTV area / body area).
+Maps come from the grad-cam package (pytorch-grad-cam) on each fold's own network and that
+fold's test slices, for the class the network predicted for the slice (what drove its decision;
+`target="positive"` maps the class "distant metastasis" for every slice instead). A map's *mass*
+is the sum of its values; the share inside the GTV is compared with the share chance would give
+(GTV area / body area). A map with no mass (Grad-CAM's ReLU removed every pixel: no positive
+evidence for the class in the last convolutional layer) has no share; such maps are counted and
+left out of the means.
 """
 
 from __future__ import annotations
@@ -50,11 +54,16 @@ def last_conv_layer(model: nn.Module) -> nn.Conv2d:
     return convs[-1]
 
 
-def gradcam_maps(bundle: ModelBundle, images: np.ndarray, target_class: int = POSITIVE_CLASS,
+def gradcam_maps(bundle: ModelBundle, images: np.ndarray,
+                 target_class: int | np.ndarray = POSITIVE_CLASS,
                  batch_size: int = 8) -> np.ndarray:
-    """Grad-CAM maps (n, H, W) in [0, 1] for [0, 1] RGB inputs (n, 3, H, W), in float32."""
+    """Grad-CAM maps (n, H, W) in [0, 1] for [0, 1] RGB inputs (n, 3, H, W), in float32.
+
+    `target_class`: one class for every image, or one per image.
+    """
     if images.ndim != 4 or images.shape[1] != 3:
         raise StsnbError(f"Grad-CAM expects (n, 3, H, W) images; got shape {images.shape}.")
+    classes = np.broadcast_to(np.asarray(target_class, dtype=np.int64), (len(images),))
     wrapped = _NormalizedInput(bundle).float().eval()
     device = next(bundle.model.parameters()).device
     wrapped.to(device).to(memory_format=torch.contiguous_format)
@@ -64,7 +73,8 @@ def gradcam_maps(bundle: ModelBundle, images: np.ndarray, target_class: int = PO
         for start in range(0, len(images), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
             chunk = chunk.float().to(device).requires_grad_(True)
-            targets = [ClassifierOutputTarget(target_class)] * len(chunk)
+            targets = [ClassifierOutputTarget(int(c))
+                       for c in classes[start:start + batch_size]]
             maps.append(cam(input_tensor=chunk, targets=targets))
     return np.concatenate(maps).astype(np.float32)
 
@@ -145,9 +155,16 @@ def body_masks(store, rows: np.ndarray) -> np.ndarray:
     return stacked.max(axis=1) > 0
 
 
+#: Which class each map explains: the network's prediction, or distant metastasis for all.
+TARGETS = ("predicted", "positive")
+
+
 def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
-                per_fold: int = 8, device: str = "cpu", seed: int = 0) -> GradCamResult:
+                per_fold: int = 8, device: str = "cpu", seed: int = 0,
+                target: str = "predicted") -> GradCamResult:
     """Grad-CAM of each fold's network on its own test slices, with the mass shares."""
+    if target not in TARGETS:
+        raise StsnbError(f"Grad-CAM target {target!r}: expected one of {', '.join(TARGETS)}.")
     from .combinations import resolve_combo
     from .results import load_predictions, predictions_path
     from .training import fold_model
@@ -163,7 +180,9 @@ def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
         bundle = fold_model(work_dir, split, combination.number, int(fold), store, device=device)
         rows = group["row"].to_numpy()
         rgb = store.images(rows, combination.channels)
-        maps.append(gradcam_maps(bundle, rgb))
+        classes = ((group["prob"].to_numpy() >= 0.5).astype(np.int64) if target == "predicted"
+                   else POSITIVE_CLASS)
+        maps.append(gradcam_maps(bundle, rgb, classes))
         images.append(rgb)
         gtvs.append(store.gtv_masks(rows))
         rows_out.append(group)
@@ -175,6 +194,9 @@ def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
     shares = [mass_shares(maps_arr[i], gtv_arr[i], body[i],
                           int(round(RING_MM / float(pixel_mm[i])))) for i in range(len(table))]
     table = pd.concat([table, pd.DataFrame(shares)], axis=1)
+    table["cam_class"] = ((table["prob"] >= 0.5).astype(int) if target == "predicted"
+                          else POSITIVE_CLASS)
+    table["empty_map"] = maps_arr.reshape(len(table), -1).sum(axis=1) <= 0
     return GradCamResult(table=table, maps=maps_arr, images=images_arr, gtv=gtv_arr,
                          combo=combination.number)
 
@@ -185,8 +207,24 @@ def share_summary(table: pd.DataFrame) -> pd.DataFrame:
     summary = table.groupby(group_cols)[["share_gtv", "chance_gtv", "share_ring",
                                          "chance_ring"]].mean()
     summary["n_slices"] = table.groupby(group_cols).size()
+    if "empty_map" in table:
+        summary["empty_maps"] = table.groupby(group_cols)["empty_map"].sum()
     summary["gtv_share_over_chance"] = summary["share_gtv"] / summary["chance_gtv"]
     return summary.reset_index()
+
+
+def gtv_share_test(table: pd.DataFrame) -> dict[str, float]:
+    """Is the map mass inside the GTV above chance? One-sided Wilcoxon signed-rank test of
+    share_gtv - chance_gtv over the slices whose map has mass (paired per slice)."""
+    from scipy.stats import wilcoxon
+
+    kept = table[np.isfinite(table["share_gtv"])]
+    diff = (kept["share_gtv"] - kept["chance_gtv"]).to_numpy()
+    if len(diff) < 2 or np.allclose(diff, 0.0):
+        return {"n": float(len(diff)), "median_difference": float(np.median(diff)) if len(diff)
+                else float("nan"), "p_value": float("nan")}
+    return {"n": float(len(diff)), "median_difference": float(np.median(diff)),
+            "p_value": float(wilcoxon(diff, alternative="greater").pvalue)}
 
 
 def gradcam_summary(result: GradCamResult) -> str:
@@ -194,6 +232,18 @@ def gradcam_summary(result: GradCamResult) -> str:
     t = result.table
     if t.empty:
         return "No slices were analysed."
+    empty = int(t["empty_map"].sum()) if "empty_map" in t else 0
+    note = (f" {empty} of {len(t)} maps were empty (no positive evidence for the class in the "
+            "last convolutional layer) and are left out of the shares." if empty else "")
+    t = t[np.isfinite(t["share_gtv"])]
+    if t.empty:
+        return (f"Combination {result.combo}: every one of the {empty} maps was empty, so no "
+                "share inside the GTV can be given.")
+    test = gtv_share_test(t)
+    verdict = (f"one-sided Wilcoxon signed-rank test of share minus chance over {int(test['n'])} "
+               f"slices: p = {test['p_value']:.3g}"
+               + (" (above chance at 5%)." if test["p_value"] < 0.05 else
+                  " (not above chance at 5%)."))
     ratio = t["share_gtv"].mean() / max(t["chance_gtv"].mean(), 1e-9)
     by_label = t.groupby("label")["share_gtv"].mean()
     parts = ", ".join(f"{'DM+' if k == 1 else 'DM-'} {v:.2f}" for k, v in by_label.items())
@@ -202,5 +252,6 @@ def gradcam_summary(result: GradCamResult) -> str:
         f"on average {t['share_gtv'].mean():.2f} of a map's mass lies inside the GTV "
         f"(chance {t['chance_gtv'].mean():.2f}, {ratio:.1f} times chance) and "
         f"{t['share_ring'].mean():.2f} in the 10 mm ring around it (chance "
-        f"{t['chance_ring'].mean():.2f}). Inside-GTV share by outcome: {parts}."
+        f"{t['chance_ring'].mean():.2f}). Inside-GTV share by outcome: {parts}; "
+        + verdict + note
     )

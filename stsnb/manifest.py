@@ -63,6 +63,29 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+#: The packages whose arithmetic makes each stage's numbers: part of that stage's reuse key, so
+#: that an upgrade recomputes what it could change (the manifest records every version).
+STAGE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "slices": ("numpy", "SimpleITK", "scipy"),
+    "features": ("numpy", "torch", "torchvision"),
+    "training": ("numpy", "torch", "torchvision", "scikit-learn"),
+}
+
+
+def software_key(stage: str) -> dict[str, str]:
+    """Versions of the packages that compute `stage`'s numbers (see STAGE_PACKAGES)."""
+    versions = package_versions()
+    return {name: versions.get(name, "missing") for name in STAGE_PACKAGES[stage]}
+
+
+def _stage_record(work_dir: Path, stage: str) -> dict[str, Any]:
+    """``work_dir/<stage>/stage.json`` (the key that made the stage's outputs), or {}."""
+    try:
+        return json.loads((work_dir / stage / "stage.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def display_path(path: str | Path) -> str:
     """A path as shown in the book: relative to the current folder when inside it, else its name.
 
@@ -95,8 +118,15 @@ def update_manifest(
     precision: str = "fp32",
     weights: dict[str, Any] | None = None,
     cohort_sha256: str | None = None,
+    runs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Record the run-level facts and one stage's entry in `work_dir/manifest.json`."""
+    """Record the run-level facts and one stage's entry in `work_dir/manifest.json`.
+
+    The stage's entry holds the profile, seed, device and precision it ran with and, from its
+    record (``<stage>/stage.json``), the key hash that decides whether its outputs are reused
+    and the seconds it took. `runs` adds or replaces entries of ``runs`` (one per training run:
+    its key hash, seed, weights, device and precision).
+    """
     manifest = read_manifest(work_dir)
     manifest.update(
         {
@@ -114,13 +144,20 @@ def update_manifest(
         }
     )
     stages = manifest.setdefault("stages", {})
+    record = _stage_record(Path(work_dir), stage)
     stages[stage] = {
+        "profile": profile.name,
+        "seed": int(seed),
         "device": device,
         "precision": precision,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "key_hash": record.get("key_hash"),
+        "seconds": record.get("seconds"),
+        "finished": record.get("finished") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if weights is not None:
         manifest["weights"] = weights
+    if runs:
+        manifest.setdefault("runs", {}).update(runs)
     write_json_atomic(Path(work_dir) / MANIFEST, manifest)
     return manifest
 

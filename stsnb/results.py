@@ -7,11 +7,12 @@ patient, metrics over patients with bootstrap 95% confidence intervals (resampli
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
@@ -154,7 +155,50 @@ def bootstrap_ci(
     return estimate, float(low), float(high)
 
 
+def rank_auc(label: np.ndarray, prob: np.ndarray) -> float:
+    """AUC as the Mann-Whitney statistic (average ranks for ties); NaN with one class only.
+
+    Equal to sklearn's roc_auc_score, without its input checks: used in bootstrap loops.
+    """
+    positive = np.asarray(label) == 1
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(prob)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _threshold_metric(name: str, label: np.ndarray, prob: np.ndarray) -> float:
+    """One of binary_metrics' threshold metrics from plain counts (same NaN rules)."""
+    label = np.asarray(label) == 1
+    pred = np.asarray(prob) >= THRESHOLD
+    tp, fn = float(np.sum(label & pred)), float(np.sum(label & ~pred))
+    fp, tn = float(np.sum(~label & pred)), float(np.sum(~label & ~pred))
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else float("nan")
+
+    if name == "balanced_accuracy":
+        if tp + fn == 0 or tn + fp == 0:
+            return float("nan")
+        return (ratio(tp, tp + fn) + ratio(tn, tn + fp)) / 2.0
+    return {
+        "accuracy": lambda: ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": lambda: ratio(tp, tp + fn),
+        "specificity": lambda: ratio(tn, tn + fp),
+        "precision": lambda: ratio(tp, tp + fp),
+        "f1": lambda: ratio(2 * tp, 2 * tp + fp + fn),
+    }[name]()
+
+
 def _metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A fast equivalent of binary_metrics(y, p)[name] for bootstrap loops."""
+    if name == "auc":
+        return rank_auc
+    if name in ("accuracy", "sensitivity", "specificity", "precision", "f1",
+                "balanced_accuracy"):
+        return lambda y, p: _threshold_metric(name, y, p)
     return lambda y, p: binary_metrics(y, p)[name]
 
 
@@ -191,7 +235,7 @@ def paired_auc_difference(
         pick = rng.integers(0, len(shared), len(shared))
         if len(np.unique(label[pick])) < 2:
             continue
-        diffs.append(roc_auc_score(label[pick], pb[pick]) - roc_auc_score(label[pick], pa[pick]))
+        diffs.append(rank_auc(label[pick], pb[pick]) - rank_auc(label[pick], pa[pick]))
     diffs_arr = np.asarray(diffs)
     return {
         "auc_difference": float(roc_auc_score(label, pb) - roc_auc_score(label, pa)),
@@ -257,22 +301,63 @@ def format_mean_std(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}" if np.isfinite(std) else f"{mean:.2f}"
 
 
-def study_comparison(ours: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+def combination_names(work_dir: str | Path) -> dict[int, str]:
+    """Combination number -> name for this work dir, from `combinations.csv` (chapter 03; the
+    cohort's declared modalities); the study's numbering when that file is absent."""
+    from .combinations import combinations_for
+
+    path = Path(work_dir) / "combinations.csv"
+    if not path.exists():
+        return {c.number: c.name for c in combinations_for()}
+    table = pd.read_csv(path, dtype={"name": str})
+    if not {"number", "name"} <= set(table.columns):
+        raise StsnbError(f"{path} lacks the columns number and name; rerun chapter 03.")
+    return dict(zip(table["number"].astype(int), table["name"], strict=True))
+
+
+def study_comparison(ours: Mapping[int, pd.DataFrame],
+                     names: Mapping[int, str] | None = None) -> pd.DataFrame:
     """Our slice-level mean ± std beside the study's, one row per combination, same layout.
 
-    `ours` maps a combination number to its per-fold metrics (`fold_metrics`).
+    `ours` maps a combination number to its per-fold metrics (`fold_metrics`); `names` maps our
+    numbers to names (`combination_names`; default: the study's numbering). A study combination
+    is matched by its images in channel order; it reads "not in this cohort" when this cohort
+    lacks one of them, "not run" otherwise. Our combinations that are not in the study's table
+    follow, with "not in the study" in the study's columns.
     """
+    if names is None:
+        names = dict(zip(STUDY_TABLE["number"], STUDY_TABLE["name"], strict=True))
+    number_of = {name: number for number, name in names.items()}
+    metrics = ("accuracy", "sensitivity", "specificity", "precision", "f1")
+
+    def ours_cell(number: int | None, metric: str) -> str:
+        if number is None:
+            return "not in this cohort"
+        if number not in ours:
+            return "not run"
+        mean, std = mean_std(ours[number], (metric,))[metric]
+        return format_mean_std(mean, std)
+
     rows = []
     for study_row in STUDY_TABLE.itertuples(index=False):
+        number = number_of.get(study_row.name)
         row = {"combination": f"{study_row.number}. {study_row.name}"}
-        for metric in ("accuracy", "sensitivity", "specificity", "precision", "f1"):
+        if number is not None and number != study_row.number:
+            row["combination"] += f" (ours: {number})"
+        for metric in metrics:
             row[f"{metric} (study)"] = format_mean_std(getattr(study_row, f"{metric}_mean"),
                                                        getattr(study_row, f"{metric}_std"))
-            if study_row.number in ours:
-                mean, std = mean_std(ours[study_row.number], (metric,))[metric]
-                row[f"{metric} (ours)"] = format_mean_std(mean, std)
-            else:
-                row[f"{metric} (ours)"] = "not run"
+            row[f"{metric} (ours)"] = ours_cell(number, metric)
+        rows.append(row)
+    in_study = set(STUDY_TABLE["name"])
+    for number in sorted(ours):
+        name = names.get(number, str(number))
+        if name in in_study:
+            continue
+        row = {"combination": f"{number}. {name}"}
+        for metric in metrics:
+            row[f"{metric} (study)"] = "not in the study"
+            row[f"{metric} (ours)"] = ours_cell(number, metric)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -306,9 +391,7 @@ def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
                         seed: int = 0) -> pd.DataFrame:
     """One row per combination run under `split`: slice-level mean ± std over folds and the
     patient-level AUC and balanced accuracy with bootstrap 95% CIs."""
-    from .combinations import combinations_for
-
-    names = {c.number: c.name for c in combinations_for()}
+    names = combination_names(work_dir)
     runs = discover_runs(work_dir)
     rows = []
     for run in runs[runs["split"] == split].itertuples():
@@ -335,15 +418,39 @@ def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
     return pd.DataFrame(rows)
 
 
+def split_predictions(work_dir: str | Path, split: str = "patient",
+                      combos: Sequence[int] | None = None) -> dict[int, pd.DataFrame]:
+    """predictions.csv of every finished run of `split` (or of `combos` only), by combination."""
+    runs = discover_runs(work_dir)
+    if runs.empty:
+        return {}
+    runs = runs[runs["split"] == split]
+    if combos is not None:
+        runs = runs[runs["combo"].isin(list(combos))]
+    return {int(r.combo): load_predictions(r.dir / "predictions.csv") for r in runs.itertuples()}
+
+
+def patient_aucs(preds: Mapping[int, pd.DataFrame]) -> dict[int, float]:
+    """Patient-level AUC (mean slice probability per patient) of each combination."""
+    return {c: binary_metrics(*patient_predictions(p)[["label", "prob"]].T.to_numpy())["auc"]
+            for c, p in preds.items()}
+
+
+def auc_order(aucs: Mapping[int, float]) -> list[int]:
+    """Combinations from the highest patient-level AUC to the lowest (ties: lower number first;
+    an undefined AUC ranks last)."""
+    def key(combo: int) -> tuple[float, int]:
+        auc = aucs[combo]
+        return (-auc if np.isfinite(auc) else np.inf, combo)
+    return sorted(aucs, key=key)
+
+
 def ranking(work_dir: str | Path, split: str = "patient", n_boot: int = 2000,
             seed: int = 0) -> pd.DataFrame:
     """Combinations ranked by patient-level AUC, each compared with the best (paired bootstrap)."""
-    runs = discover_runs(work_dir)
-    runs = runs[runs["split"] == split]
-    preds = {r.combo: load_predictions(r.dir / "predictions.csv") for r in runs.itertuples()}
-    aucs = {c: binary_metrics(*patient_predictions(p)[["label", "prob"]].T.to_numpy())["auc"]
-            for c, p in preds.items()}
-    order = sorted(aucs, key=lambda c: -aucs[c])
+    preds = split_predictions(work_dir, split)
+    aucs = patient_aucs(preds)
+    order = auc_order(aucs)
     if not order:
         return pd.DataFrame()
     best = order[0]
@@ -394,9 +501,57 @@ def baseline_table(work_dir: str | Path, reference: pd.DataFrame, n_boot: int = 
     return pd.DataFrame(rows), predictions
 
 
-def split_comparison(work_dir: str | Path, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Combinations run under more than one split, side by side (the leakage control)."""
-    frames = [combination_summary(work_dir, split, n_boot=n_boot, seed=seed).assign(split=split)
+def chance_band(n_positive: int, n_negative: int, level: float = 0.95) -> tuple[float, float]:
+    """Where the AUC of an uninformative classifier falls with probability `level`.
+
+    Under the null the AUC is the Mann-Whitney statistic over n_positive x n_negative pairs,
+    with mean 0.5 and variance (n_positive + n_negative + 1) / (12 n_positive n_negative)
+    (no ties); the band is 0.5 +- z sd (normal approximation, clipped to [0, 1]).
+    """
+    if n_positive < 1 or n_negative < 1:
+        raise StsnbError(f"A chance band needs patients of both classes; got {n_positive} "
+                         f"positive and {n_negative} negative.")
+    from scipy.stats import norm
+
+    sd = np.sqrt((n_positive + n_negative + 1) / (12.0 * n_positive * n_negative))
+    z = float(norm.ppf(0.5 + level / 2.0))
+    return max(0.0, 0.5 - z * sd), min(1.0, 0.5 + z * sd)
+
+
+def chance_verdicts(work_dir: str | Path, level: float = 0.95) -> pd.DataFrame:
+    """Each run's patient-level AUC against the chance band for its patients.
+
+    The random-label control must fall inside the band; a combination whose AUC lies above
+    the band has found a signal at that level (one-sided, not corrected for the number of
+    combinations).
+    """
+    names = combination_names(work_dir)
+    rows = []
+    for run in discover_runs(work_dir).itertuples():
+        patients = patient_predictions(load_predictions(run.dir / "predictions.csv"))
+        n_pos = int((patients["label"] == 1).sum())
+        n_neg = int((patients["label"] == 0).sum())
+        auc = binary_metrics(patients["label"].to_numpy(), patients["prob"].to_numpy())["auc"]
+        low, high = chance_band(n_pos, n_neg, level)
+        verdict = ("above chance" if auc > high else "below chance" if auc < low
+                   else "inside the chance band")
+        rows.append({"split": run.split, "combo": run.combo,
+                     "name": names.get(run.combo, str(run.combo)), "patients": n_pos + n_neg,
+                     "dm": n_pos, "patient_auc": auc, "band_low": low, "band_high": high,
+                     "verdict": verdict})
+    return pd.DataFrame(rows, columns=["split", "combo", "name", "patients", "dm", "patient_auc",
+                                       "band_low", "band_high", "verdict"])
+
+
+def split_comparison(work_dir: str | Path, n_boot: int = 2000, seed: int = 0,
+                     known: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Combinations run under more than one split, side by side (the leakage control).
+
+    `known`: combination_summary tables already computed (same n_boot and seed), by split.
+    """
+    known = known or {}
+    frames = [(known[split] if split in known else
+               combination_summary(work_dir, split, n_boot=n_boot, seed=seed)).assign(split=split)
               for split in SPLITS]
     frames = [f for f in frames if len(f)]
     if not frames:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -125,11 +126,18 @@ class Stage:
             return None
 
     def is_current(self) -> bool:
-        """True when the outputs exist and were made with the same key."""
+        """True when the outputs exist, whole (sizes as recorded), and were made with the key."""
         record = self.read_record()
         if not record or record.get("key_hash") != self.key_hash:
             return False
-        return all((self.work_dir / rel).exists() for rel in record.get("outputs", []))
+        if not all((self.work_dir / rel).exists() for rel in record.get("outputs", [])):
+            return False
+        return outputs_intact(self.work_dir, record.get("sizes", {}))
+
+    def invalidate(self) -> None:
+        """Remove the record before the outputs are rewritten: a run killed while rewriting
+        them never leaves a record that vouches for a mix of old and new files."""
+        self.record_path.unlink(missing_ok=True)
 
     def start(self) -> None:
         """Mark the start of the work (for the timing) and make the folder."""
@@ -141,18 +149,90 @@ class Stage:
         rel = []
         for out in outputs:
             out = Path(out)
-            rel.append((out.relative_to(self.work_dir) if out.is_absolute() else out).as_posix())
+            try:  # a path under work_dir (relative or absolute like work_dir itself)
+                out = out.relative_to(self.work_dir)
+            except ValueError:  # already relative to work_dir
+                pass
+            rel.append(out.as_posix())
         record = {
             "stage": self.name,
             "key_hash": self.key_hash,
             "key": self.key,
             "outputs": rel,
+            "sizes": output_sizes(rel, self.work_dir),
             "seconds": round(time.perf_counter() - self._started, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json_atomic(self.record_path, record)
         record_timing(self.work_dir, self.name, record["seconds"])
         return record
+
+
+def output_sizes(paths: Iterable[str | Path], root: str | Path) -> dict[str, int]:
+    """Size in bytes of each output, keyed by its path relative to `root` (give paths relative to
+    `root`, or absolute ones inside it), for `outputs_intact`."""
+    root = Path(root)
+    sizes = {}
+    for path in paths:
+        full = root / path
+        rel = full.relative_to(root) if full.is_absolute() and root.is_absolute() else Path(path)
+        sizes[rel.as_posix()] = full.stat().st_size
+    return sizes
+
+
+def outputs_intact(root: str | Path, sizes: dict[str, int]) -> bool:
+    """True when every recorded output exists with its recorded size (a truncated or rewritten
+    file fails this, so it is made again instead of trusted)."""
+    root = Path(root)
+    for rel, size in sizes.items():
+        try:
+            if (root / rel).stat().st_size != int(size):
+                return False
+        except (OSError, TypeError, ValueError):
+            return False
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> int:
+    """Delete the temporary files `atomic_path` leaves behind when a process is killed mid-write
+    (in `folder` and below); return how many. Call it only where no other process writes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.rglob(".*.tmp*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the disk holding `path` (its nearest existing parent)."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return int(shutil.disk_usage(probe).free)
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.1f} MiB"
+
+
+def require_free_space(path: str | Path, need_bytes: int, what: str,
+                       patient_id: str | None = None) -> None:
+    """StsnbError before a large write when the disk of `path` has less than `need_bytes` free
+    (plus 5% and 16 MiB of headroom), naming what needs the space, how much, and how much is free.
+    """
+    if need_bytes <= 0:
+        return
+    wanted = int(need_bytes * 1.05) + (16 << 20)
+    free = free_bytes(path)
+    if free < wanted:
+        who = f"patient {patient_id}, " if patient_id is not None else ""
+        raise StsnbError(
+            f"[{who}folder {path}] not enough free disk space for {what}: it needs about "
+            f"{_mib(wanted)} ({_mib(need_bytes)} plus headroom) and {_mib(free)} are free. "
+            "Fix: free disk space there, or choose a work_dir on a disk with more room."
+        )
 
 
 def record_timing(work_dir: str | Path, stage: str, seconds: float) -> Path:

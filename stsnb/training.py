@@ -50,7 +50,7 @@ from .features import (
 )
 from .folds import GROUPED_SPLITS, Fold, FoldPlan, check_split, make_folds
 from .head import DUAL_TRAINED, DualHead, DualTables, PrimalHead, dense_classifier_state
-from .manifest import read_manifest, update_manifest
+from .manifest import read_manifest, software_key, update_manifest
 from .model import (
     IMAGENET_URL,
     ModelBundle,
@@ -60,7 +60,16 @@ from .model import (
     describe_weights,
     prepare_backbone,
 )
-from .store import atomic_path, hash_config, record_timing, write_csv_atomic, write_json_atomic
+from .store import (
+    atomic_path,
+    hash_config,
+    output_sizes,
+    outputs_intact,
+    record_timing,
+    remove_stale_temporaries,
+    write_csv_atomic,
+    write_json_atomic,
+)
 
 STAGE = "training"
 RUNS_DIR = "runs"
@@ -315,6 +324,7 @@ def run_key(source: SliceSource, combination: Combination, split: str, seed: int
     return {"stage": STAGE, "format": RUN_FORMAT, "store": source.key_hash,
             "channels": list(combination.channels), "split": split, "seed": int(seed),
             "training": training, "weights": weights.identity(), "precision": precision,
+            "software": software_key(STAGE),
             "model": "vgg19, classifier trained, 2 classes, cross-entropy"}
 
 
@@ -326,10 +336,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def run_is_current(out: Path, key_hash: str) -> bool:
-    """True when ``out/run.json`` was made with `key_hash` and its outputs exist."""
+    """True when ``out/run.json`` was made with `key_hash` and its outputs exist, whole."""
     record = _read_json(out / RUN_RECORD)
     return record.get("key_hash") == key_hash and all(
-        (out / name).exists() for name in record.get("outputs", []))
+        (out / name).exists() for name in record.get("outputs", [])) and outputs_intact(
+        out, record.get("sizes", {}))
 
 
 def is_done(source: SliceSource, work_dir: str | Path, profile: Profile | str,
@@ -395,7 +406,8 @@ def _fold_done(out: Path, fold: Fold, key_hash: str, with_head: bool) -> dict[st
     files = _fold_files(out, fold.number, with_head)
     record = _read_json(files[-1])
     ok = (record.get("key_hash") == key_hash and record.get("members") == _members_hash(fold)
-          and all(p.exists() for p in files))
+          and all(p.exists() for p in files)
+          and outputs_intact(files[-1].parent, record.get("sizes", {})))
     return record if ok else None
 
 
@@ -403,6 +415,7 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
                 plan: FoldPlan, key_hash: str, head_form: str, features: Features | None,
                 with_head: bool, pretrained: bool) -> dict[str, Any]:
     files = _fold_files(out, fold.number, with_head)
+    files[-1].unlink(missing_ok=True)  # no record vouches for files being rewritten
     test = source.index.iloc[fold.test]
     labels = plan.labels[fold.test]
     predictions = pd.DataFrame({"patient_id": test["patient_id"].astype(str).to_numpy(),
@@ -429,6 +442,7 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
         "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
         "stopped_early": outcome.stopped_early, "best_val_loss": outcome.best_val_loss,
         "seconds": round(outcome.seconds, 3), "weights_pretrained": pretrained,
+        "sizes": output_sizes([f.name for f in files[:-1]], files[-1].parent),
     }
     write_json_atomic(files[-1], record)
     return record
@@ -482,6 +496,7 @@ def train_combination(source: SliceSource, work_dir: str | Path, profile: Profil
     if run_is_current(out, key_hash):
         return read_run(out, combination, split, reused=True)
     name = f"combo{combination.number:02d}"
+    remove_stale_temporaries(out)  # files cut off by a killed run
     features = cached_features(source, work_dir, combination.channels, bundle, torch_device,
                                precision, progress=progress)
     if features.computed_patients:
@@ -540,11 +555,13 @@ def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Comb
     metrics = pd.DataFrame(records)[list(FOLD_METRIC_COLUMNS)]
     outputs = {"predictions.csv": predictions[list(PREDICTION_COLUMNS)],
                "history.csv": history[list(HISTORY_COLUMNS)], "fold_metrics.csv": metrics}
+    (out / RUN_RECORD).unlink(missing_ok=True)  # no record vouches for files being rewritten
     for filename, table in outputs.items():
         write_csv_atomic(table, out / filename)
     head_seconds = round(float(metrics["seconds"].sum()) + extra_seconds, 3)
     record = {
         "key": key, "key_hash": key_hash, "outputs": list(outputs),
+        "sizes": output_sizes(list(outputs), out),
         "combination": {"number": combination.number, "name": combination.name,
                         "channels": list(combination.channels)},
         "split": split, "labels": "permuted among patients (seeded)" if split == "random"
@@ -592,8 +609,18 @@ def run_training(cohort_dir: str | Path, work_dir: str | Path, profile: Profile 
     update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE,
                     device=run.record["device"], precision=run.record["precision"],
                     weights=run.weights,
-                    cohort_sha256=read_manifest(work_dir).get("cohort_sha256"))
+                    cohort_sha256=read_manifest(work_dir).get("cohort_sha256"),
+                    runs={f"{run.split}/{run.run_dir.name}": run_entry(run)})
     return run
+
+
+def run_entry(run: TrainingRun) -> dict[str, Any]:
+    """The manifest's entry of one run: what made its outputs (the key decides their reuse)."""
+    key = run.record["key"]
+    return {"key_hash": run.record["key_hash"], "seed": key["seed"], "weights": key["weights"],
+            "weights_pretrained": run.pretrained, "device": run.record["device"],
+            "precision": run.record["precision"], "finished": run.record["finished"],
+            "seconds": round(run.record["feature_seconds"] + run.record["head_seconds"], 3)}
 
 
 def fold_model(work_dir: str | Path, split: str, combo: int | str, fold: int,

@@ -34,6 +34,18 @@ DEFAULT_ROWS = (
 )  # fmt: skip
 
 
+#: Identifying columns added to the book's cohort: none of them may reach the book or work_dir.
+IDENTIFYING_COLUMNS = ("patient_name", "birth_date", "mrn")
+
+
+def identifying_values(patient_id: str) -> dict[str, str]:
+    """Distinctive fake identifiers of one patient (name, birth date, zero-padded MRN)."""
+    number = int("".join(ch for ch in patient_id if ch.isdigit()) or 0)
+    return {"patient_name": f"Zebedee Quillfeather{number:03d}",
+            "birth_date": f"19{31 + number:02d}-0{1 + number % 9}-2{number % 8}",
+            "mrn": f"0098{7000 + number}"}
+
+
 def _image(array: np.ndarray, spacing, origin, direction=None) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)

@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from cohort_fixtures import IDENTIFYING_COLUMNS, identifying_values
 
 from stsnb.book import CHAPTERS, REPO_ROOT
 from stsnb.config import SMOKE
@@ -46,7 +47,8 @@ def test_every_chapter_ran_without_errors(smoke_book):
         assert injected and all("remove-cell" in t for t in injected)
 
 
-def test_curation_chapter_shows_the_cohort(smoke_book, smoke_cohort):
+def test_curation_chapter_shows_the_cohort(smoke_book):
+    smoke_cohort = smoke_book["cohort_dir"]
     cohort = read_cohort_table(smoke_book["work_dir"])
     clinical = pd.read_csv(smoke_cohort / "clinical.csv", dtype={"patient_id": str})
     assert list(cohort["patient_id"]) == list(clinical["patient_id"])
@@ -75,18 +77,76 @@ def test_first_page_shows_manifest_timings_and_disclaimer(smoke_book):
     assert manifest["packages"]["torch"].startswith("2.14.1")
 
 
-def test_built_html_holds_no_absolute_path(smoke_book):
+def _machine_paths(smoke_book) -> set[str]:
     forbidden = {str(smoke_book["work_dir"]), str(smoke_book["cohort_dir"]), str(REPO_ROOT),
-                 str(Path.home())}
+                 str(Path.home()), str(smoke_book["work_dir"].parent)}
     forbidden.discard("/")
+    return forbidden
+
+
+def test_built_html_holds_no_absolute_path(smoke_book):
+    forbidden = _machine_paths(smoke_book)
     for page in smoke_book["html"].rglob("*.html"):
         text = page.read_text(errors="replace")
         for path in forbidden:
             assert path not in text, f"{path} in {page.name}"
 
 
-def test_curation_is_reused_and_redone_only_when_inputs_change(smoke_book, smoke_cohort):
+def test_executed_chapters_hold_no_absolute_path(smoke_book):
+    """Cells, outputs and papermill's metadata of every executed notebook: display paths only."""
+    forbidden = _machine_paths(smoke_book)
+    executed = sorted(smoke_book["executed"].glob("*.ipynb"))
+    assert len(executed) >= 17
+    for path in executed:
+        text = path.read_text(encoding="utf-8")
+        for root in forbidden:
+            assert root not in text, f"{root} in {path.name}"
+        nb = nbformat.read(path, as_version=4)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert 'work_dir = "smoke-work"' in injected.source, injected.source
+
+
+def _without_images(node: object) -> object:
+    """A notebook's JSON without the base64 of its figures (random text)."""
+    if isinstance(node, dict):
+        return {k: _without_images(v) for k, v in node.items() if not k.startswith("image/")}
+    if isinstance(node, list):
+        return [_without_images(v) for v in node]
+    return node
+
+
+def _text_of(path: Path) -> str:
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    if path.suffix == ".ipynb":
+        return json.dumps(_without_images(json.loads(text)))
+    return text
+
+
+def test_identifying_clinical_columns_reach_neither_the_book_nor_work_dir(smoke_book):
+    """clinical.csv has a name, a birth date and an MRN per patient: no file of work_dir (stage
+    outputs, executed notebooks, the HTML book) holds one of them, nor their column names."""
+    clinical = pd.read_csv(smoke_book["cohort_dir"] / "clinical.csv", dtype=str)
+    assert set(IDENTIFYING_COLUMNS) <= set(clinical.columns)
+    values = [identifying_values(pid) for pid in clinical["patient_id"]]
+    secrets = [v for row in values for v in row.values()]
+    assert all(v in set(clinical[c]) for row in values for c, v in row.items())
     work_dir = smoke_book["work_dir"]
+    files = [p for p in work_dir.rglob("*") if p.is_file()]
+    assert len(files) > 50 and work_dir / "cohort.csv" in files
+    for path in files:
+        if path.suffix in (".npy", ".pt", ".nii", ".gz", ".h5", ".png", ".woff", ".woff2"):
+            continue  # arrays and images: no text
+        rel = path.relative_to(work_dir)
+        static = rel.parts[0] == "jupyter_book" and "generated" not in rel.parts
+        text = _text_of(path)
+        for secret in secrets if static else (*secrets, *IDENTIFYING_COLUMNS):
+            assert secret not in text, f"{secret!r} in {rel}"  # static pages may name columns
+    cohort = pd.read_csv(smoke_book["work_dir"] / "cohort.csv")
+    assert {"age", "sex", "histology", "grade", "site"} <= set(cohort.columns)
+
+
+def test_curation_is_reused_and_redone_only_when_inputs_change(smoke_book):
+    work_dir, smoke_cohort = smoke_book["work_dir"], smoke_book["cohort_dir"]
     again = run_curation(smoke_cohort, work_dir, SMOKE, seed=3, progress=False)
     assert again.reused
     changed = run_curation(smoke_cohort, work_dir, SMOKE, seed=3, min_followup_months=1e6,
@@ -111,3 +171,17 @@ def test_book_opens_in_chromium_with_every_image(smoke_book):
     curation = next(r for r in reports if r.page.endswith("01_data_curation.html"))
     assert curation.images >= 5 and "Data curation" in curation.title
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_real_cohort_appendix_page(smoke_book):
+    """The appendix imports the TCIA sample: its tables, licence and figures are on the page."""
+    page = (smoke_book["html"] / "book" / "generated" / "07_real_cohort.html").read_text()
+    for text in ("Imported masks against an independent conversion", "CC BY 3.0",
+                 "bone", "Near-identity check", "import-dicom", "9 of 9 masks agree"):
+        assert text in page, text
+    parser = _Images()
+    parser.feed(page)
+    assert len(parser.sources) >= 10  # availability, geometry, 3 patients, overlays, slices
+    for src in parser.sources:
+        assert (smoke_book["html"] / "book" / "generated" / src).resolve().exists(), src
+    assert (smoke_book["work_dir"] / "real_cohort" / "work" / "registration" / "qa.csv").exists()

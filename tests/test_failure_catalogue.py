@@ -8,11 +8,15 @@ Regenerate it with
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -20,6 +24,7 @@ import pytest
 import SimpleITK as sitk
 from cohort_fixtures import DEFAULT_ROWS, make_cohort, truncate, write_image, write_patient
 
+from stsnb import store
 from stsnb.cohort import curate_cohort
 from stsnb.combinations import resolve_combo
 from stsnb.config import resolve_profile
@@ -167,6 +172,57 @@ def _predictions_mixed_labels(tmp):
     return patient_predictions(table)
 
 
+@contextlib.contextmanager
+def _one_mib_free() -> Iterator[None]:
+    """The free-space probe reports 1 MiB free on every disk."""
+    usage = shutil.disk_usage("/")
+    with mock.patch.object(store.shutil, "disk_usage", lambda path: usage._replace(free=1 << 20)):
+        yield
+
+
+def _disk_full_slices(tmp):
+    from cohort_fixtures import STUDY, ct_image, gtv_image
+
+    from stsnb.slices import PatientVolumes, build_slice_store
+
+    volumes = PatientVolumes("P01", 1, {m: ct_image() for m in STUDY}, gtv_image())
+    with _one_mib_free():
+        return build_slice_store(tmp / "work", [volumes], "smoke", progress=False,
+                                 modalities=STUDY)
+
+
+@functools.cache
+def _random_network():
+    from stsnb.model import build_model
+
+    return build_model("none", seed=0)
+
+
+def _disk_full_features(tmp):
+    import torch
+
+    from stsnb.features import ArraySlices, cached_features
+
+    index = pd.DataFrame({"patient_id": ["P01", "P01", "P02"], "slice_index": [3, 4, 3],
+                          "label": [1, 1, 0]})
+    images = np.zeros((3, 5, 32, 32), dtype=np.float16)
+    source = ArraySlices(images, index, ("ct", "dose", "t1w", "t2w", "ce_t1w"))
+    with _one_mib_free():
+        return cached_features(source, tmp / "work", ("ct", "dose", "t1w"), _random_network(),
+                               torch.device("cpu"), "fp32", progress=False)
+
+
+def _disk_full_registration(tmp):
+    from stsnb.config import SMOKE
+    from stsnb.curation import run_curation
+    from stsnb.registration import run_registration
+
+    cohort = _cohort(tmp)
+    run_curation(cohort, tmp / "work", SMOKE, progress=False)
+    with _one_mib_free():
+        return run_registration(cohort, tmp / "work", SMOKE, progress=False)
+
+
 CASES = [
     Case("clinical.csv", "clinical.csv missing", _missing_clinical, r"clinical\.csv"),
     Case("clinical.csv", "a required column missing", _missing_column, r"followup_months"),
@@ -188,6 +244,12 @@ CASES = [
     Case("parameters", "an unknown combination name", _combo_unknown_name, r"ct-pet-t2w"),
     Case("work dir", "a work_dir on a path that cannot be written", _work_dir_not_writable,
          r"cannot be written"),
+    Case("work dir", "too little free disk space for the registration outputs",
+         _disk_full_registration, r"registration outputs of 4 patient.*MiB are free"),
+    Case("work dir", "too little free disk space for the slice store", _disk_full_slices,
+         r"patient P01.*slice store.*needs about .*MiB are free"),
+    Case("work dir", "too little free disk space for the feature cache", _disk_full_features,
+         r"VGG-19 features of 2 patients.*MiB are free"),
     Case("results", "no predictions for a combination", _predictions_missing, r"chapter 04"),
     Case("results", "a patient with slices of both labels", _predictions_mixed_labels,
          r"both labels"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import tomllib
 from pathlib import Path
 
@@ -11,12 +14,17 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from stsnb.cohort_config import read_cohort_config
+from stsnb.errors import ConfigError
 from stsnb.modalities import MR_MODALITIES, STUDY_MODALITIES
 from stsnb.synth import anatomy as A
 from stsnb.synth import make_synthetic_cohort, plan_cohort
-from stsnb.synth.plan import n_incomplete
+from stsnb.synth.pet import psf_sigma_mm, render_pet
+from stsnb.synth.plan import assign_missing, n_incomplete, patient_rng, plan_patients
+from stsnb.synth.writer import check_modalities
 
 N_PATIENTS, SEED = 8, 3
+PET_MODALITIES = ("ct", "pet", "t1w")  # the images of conftest.py's pet_cohort
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +290,199 @@ def test_same_seed_same_cohort_other_seed_differs(tmp_path: Path):
     other = _arrays(runs[2])
     a, b = first["SYN001/ct.nii.gz"], other["SYN001/ct.nii.gz"]
     assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+#: sha256 (first 16 hex digits) of every file of make_synthetic_cohort(n_patients=2, seed=0) for
+#: the study's five images, recorded before the generator could make PET or run in parallel: the
+#: default cohort must stay byte for byte what it was.
+DEFAULT_COHORT_SHA256 = {
+    "SYN001/ce_t1w.nii.gz": "f392597dbbad62a0",
+    "SYN001/ct.nii.gz": "45719187021a494d",
+    "SYN001/dose.nii.gz": "69e13b39889bb0cd",
+    "SYN001/gtv.nii.gz": "7bc261303157f134",
+    "SYN001/t1w.nii.gz": "fa99107aee1125a9",
+    "SYN001/t2w.nii.gz": "279bfaa08ad9dbc3",
+    "SYN001/truth/README.txt": "7e262c9bba2a1aa4",
+    "SYN001/truth/ct_to_mr_displacement.nii.gz": "83a473deb59e5cfa",
+    "SYN001/truth/ct_to_mr_rigid.tfm": "eb976f2d19d5eac3",
+    "SYN001/truth/gtv_mr.nii.gz": "319e7724aa9153ec",
+    "SYN001/truth/landmarks_mm.csv": "3f5e0f5150e9e200",
+    "SYN001/truth/mr_motion_ce_t1w.tfm": "23a96c8576562388",
+    "SYN001/truth/mr_motion_t2w.tfm": "0fc6755ef7a9f114",
+    "SYN001/truth/risk.json": "7c485403741df834",
+    "SYN001/truth/tissue_labels.nii.gz": "b578e7571aadc643",
+    "SYN002/ce_t1w.nii.gz": "caf277594ea63560",
+    "SYN002/ct.nii.gz": "513679737134c3b0",
+    "SYN002/dose.nii.gz": "1d2d8bcfd78a7a89",
+    "SYN002/gtv.nii.gz": "7174586979994f1d",
+    "SYN002/t1w.nii.gz": "97cc38801aa0f748",
+    "SYN002/t2w.nii.gz": "e379bda44137a8e6",
+    "SYN002/truth/README.txt": "01edbb30bce9d87e",
+    "SYN002/truth/ct_to_mr_displacement.nii.gz": "89d9b3318a611b87",
+    "SYN002/truth/ct_to_mr_rigid.tfm": "06be3556a4df6a9e",
+    "SYN002/truth/gtv_mr.nii.gz": "7eaf4a510b60712e",
+    "SYN002/truth/landmarks_mm.csv": "e035951654b06472",
+    "SYN002/truth/mr_motion_ce_t1w.tfm": "23a96c8576562388",
+    "SYN002/truth/mr_motion_t2w.tfm": "23a96c8576562388",
+    "SYN002/truth/risk.json": "a87851640f9bf7b7",
+    "SYN002/truth/tissue_labels.nii.gz": "cf0228da52e1c68b",
+    "clinical.csv": "44bb1d40f7ccc169",
+    "cohort.toml": "7c0479ad50616194",
+}
+
+
+def _file_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_default_cohort_is_byte_identical_to_the_recorded_one(tmp_path: Path):
+    make_synthetic_cohort(tmp_path, n_patients=2, seed=0, progress=False, workers=1)
+    digests = {name: hashlib.sha256(data).hexdigest()[:16]
+               for name, data in _file_bytes(tmp_path).items()}
+    assert digests == DEFAULT_COHORT_SHA256
+
+
+def test_parallel_workers_write_the_same_files_as_one(tmp_path: Path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    make_synthetic_cohort(serial, n_patients=4, seed=0, progress=False, workers=1)
+    make_synthetic_cohort(parallel, n_patients=4, seed=0, progress=False, workers=2)
+    one, two = _file_bytes(serial), _file_bytes(parallel)
+    assert one.keys() == two.keys() and len(one) > 4 * 10
+    assert (plan_cohort(4, 0).missing != "").sum() == 1  # a file removed by design, too
+    assert [name for name in one if one[name] != two[name]] == []
+
+
+def test_modalities_and_workers_are_checked(tmp_path: Path):
+    assert check_modalities(None) == STUDY_MODALITIES
+    assert check_modalities(" CT, pet,t1w ") == PET_MODALITIES
+    for bad, message in (("ct,xray,t1w", "Unknown modality 'xray'"),
+                         (("pet", "t1w", "t2w"), "lack 'ct'"),
+                         (("ct", "t1w", "t1w"), "listed twice"),
+                         (("ct", "pet"), "at least three")):
+        with pytest.raises(ConfigError, match=message):
+            make_synthetic_cohort(tmp_path / "x", n_patients=1, modalities=bad, progress=False)
+    for workers in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="workers"):
+            make_synthetic_cohort(tmp_path / "x", n_patients=1, workers=workers, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- PET/CT + T1w cohort
+
+def test_pet_cohort_declares_and_holds_only_its_images(pet_cohort: Path):
+    toml = tomllib.loads((pet_cohort / "cohort.toml").read_text())
+    assert toml == {"modalities": list(PET_MODALITIES), "mr_reference": "t1w",
+                    "same_frame_as_ct": ["pet"]}
+    config = read_cohort_config(pet_cohort)
+    assert config.registered == ("t1w",) and config.same_frame_as_ct == ("pet",)
+    plan = plan_cohort(N_PATIENTS, SEED, PET_MODALITIES)
+    assert (plan.missing != "").sum() == 1
+    assert set(plan.missing) <= {"", "t1w", "pet", "gtv", "followup"}
+    for row in plan.itertuples():
+        pdir = pet_cohort / row.patient_id
+        images = {p.name for p in pdir.glob("*.nii.gz")}
+        expected = {f"{m}.nii.gz" for m in (*PET_MODALITIES, "gtv") if m != row.missing}
+        assert images == expected, row.patient_id
+        truth = {p.name for p in (pdir / "truth").iterdir()}
+        assert {"pet.json", "gtv_mr.nii.gz", "landmarks_mm.csv"} <= truth
+        assert not any(n.startswith("mr_motion_") and "t1w" not in n for n in truth)
+
+
+def test_incomplete_patients_lack_only_generated_images():
+    study = assign_missing(72, 0)
+    assert assign_missing(72, 0, STUDY_MODALITIES) == study
+    pet = assign_missing(72, 0, PET_MODALITIES)
+    assert [m == "" for m in pet] == [m == "" for m in study]  # the same patients
+    assert set(pet) == {"", "t1w", "followup", "pet", "gtv"}
+    assert [m for m in pet if m] == [{"dose": "pet"}.get(m, "t1w" if m in MR_MODALITIES else m)
+                                     for m in study if m]
+    no_mr = assign_missing(72, 0, ("ct", "dose", "pet"))
+    assert set(no_mr) - {"", "followup", "gtv"} <= {"dose", "pet"} and "dose" in no_mr
+
+
+def test_pet_shares_the_ct_frame_on_a_coarser_grid(pet_cohort: Path):
+    for pdir in sorted(p for p in pet_cohort.iterdir() if (p / "pet.nii.gz").exists())[:4]:
+        ct_img, _ = read(pdir / "ct.nii.gz")
+        pet_img, pet = read(pdir / "pet.nii.gz")
+        assert pet.dtype == np.float32 and pet.min() >= 0 and pet.max() > 2.0
+        sx, sy, sz = pet_img.GetSpacing()
+        assert 3.6 <= sx <= 4.1 and sy == sx and 3.2 <= sz <= 4.0
+        assert pet_img.GetDirection() == ct_img.GetDirection()
+        ct_lo, pet_lo = np.array(ct_img.GetOrigin()), np.array(pet_img.GetOrigin())
+        ct_hi = ct_lo + (np.array(ct_img.GetSize()) - 1) * np.array(ct_img.GetSpacing())
+        pet_hi = pet_lo + (np.array(pet_img.GetSize()) - 1) * np.array(pet_img.GetSpacing())
+        assert np.all(pet_lo <= ct_lo) and np.all(pet_hi >= ct_hi)
+
+
+def _far_inside(lab: np.ndarray, labels: tuple[int, ...], spacing, mm: float) -> np.ndarray:
+    """Voxels of ``labels`` farther than ``mm`` from any other tissue (3D, CT grid)."""
+    mask = np.isin(lab, labels)
+    return ndimage.distance_transform_edt(mask, sampling=spacing[::-1]) > mm
+
+
+def test_pet_uptake_per_tissue_in_suv(pet_cohort: Path):
+    necrosis_seen = 0
+    for pdir in sorted(p for p in pet_cohort.iterdir() if (p / "pet.nii.gz").exists())[:4]:
+        ct_img, _ = read(pdir / "ct.nii.gz")
+        _, lab = read(pdir / "truth" / "tissue_labels.nii.gz")
+        pet = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(pdir / "pet.nii.gz")),
+                                                  ct_img, sitk.Transform(), sitk.sitkLinear,
+                                                  0.0, sitk.sitkFloat32))
+        truth = json.loads((pdir / "truth" / "pet.json").read_text())["suv_per_tissue"]
+        sp = ct_img.GetSpacing()
+        muscle = np.median(pet[_far_inside(lab, (A.MUSCLE,), sp, 9.0)])
+        assert muscle == pytest.approx(truth[A.LEGEND[A.MUSCLE]], rel=0.15), pdir.name
+        assert np.median(pet[lab == A.AIR]) == 0.0
+        viable = pet[_far_inside(lab, (A.TUMOUR,), sp, 6.0)]
+        assert np.median(viable) > 2.0 * muscle
+        core = _far_inside(lab, (A.NECROSIS,), sp, 7.0)
+        if core.sum() > 30:
+            necrosis_seen += 1
+            assert np.median(pet[core]) < 0.5 * np.median(viable)
+    assert necrosis_seen >= 1
+
+
+def test_pet_resolution_noise_and_grade(pet_cohort: Path):
+    # the blur before averaging into voxels gives the stated FWHM once the voxel is counted
+    for fwhm, spacing in ((6.0, 4.0), (5.5, 3.27)):
+        step = 0.01
+        x = np.arange(-20, 20, step)
+        sigma = psf_sigma_mm(fwhm, spacing)
+        profile = np.convolve(np.exp(-x**2 / (2 * sigma**2)), np.abs(x) <= spacing / 2, "same")
+        above = x[profile >= profile.max() / 2]
+        assert above[-1] - above[0] == pytest.approx(fwhm, rel=0.015)
+    plans = plan_patients(N_PATIENTS, SEED, PET_MODALITIES)
+    plan = next(p for p in plans if p.missing != "pet")
+    image = sitk.ReadImage(str(pet_cohort / plan.patient_id / "pet.nii.gz"))
+    written = sitk.GetArrayFromImage(image)
+    assert np.array_equal(written, render_pet(plan, patient_rng(SEED, plan.index, 5)))
+    clean_plan = dataclasses.replace(plan, pet=dataclasses.replace(plan.pet, noise=0.0))
+    clean = render_pet(clean_plan, patient_rng(SEED, plan.index, 5))
+    # spill-out beyond the skin: a few mm (PSF), nothing beyond ~3 sigma
+    labels = A.tissue_maps(plan.limb, plan.tumour, *plan.pet.grid.points()).labels
+    outside = ndimage.distance_transform_edt(labels == A.AIR,
+                                             sampling=plan.pet.grid.spacing[::-1])
+    assert clean[(outside > 0) & (outside <= 4.5)].mean() > 0.05
+    assert clean[outside > 12].max() < 1e-3
+    # noise: sd grows with sqrt(SUV), as planned
+    body = clean > 0.3
+    residual = (written[body] - clean[body]) / np.sqrt(clean[body])
+    assert np.std(residual) == pytest.approx(plan.pet.noise, rel=0.1)
+    # FDG uptake of the viable tumour rises with grade (72 planned patients, no rendering)
+    suv = pd.DataFrame([{"grade": p.clinical["grade"], "suv": p.pet.suv[A.TUMOUR]}
+                        for p in plan_patients(72, 0)])
+    medians = suv.groupby("grade")["suv"].median()
+    assert medians.is_monotonic_increasing and medians[3] > 2 * medians[1]
+
+
+def test_a_subset_of_images_leaves_the_others_unchanged(pet_cohort: Path, cohort: Path):
+    """CT, GTV and T1w of a patient are the same files whichever images are generated."""
+    compared = 0
+    for pdir in sorted(p for p in pet_cohort.iterdir() if p.is_dir()):
+        for name in ("ct.nii.gz", "gtv.nii.gz", "t1w.nii.gz", "truth/tissue_labels.nii.gz"):
+            ours, full = pdir / name, cohort / pdir.name / name
+            if ours.exists() and full.exists():
+                assert ours.read_bytes() == full.read_bytes(), (pdir.name, name)
+                compared += 1
+    assert compared >= 4 * (N_PATIENTS - 2)

@@ -431,14 +431,22 @@ def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatc
 
 def test_batch_jobs_follow_the_profile():
     from stsnb import batch
-    from stsnb.config import QUICK
+    from stsnb.config import PAPER, QUICK
 
     jobs = batch.training_jobs(QUICK, STUDY_MODALITIES)
-    assert jobs[:10] == [(n, "patient") for n in range(1, 11)]
-    assert jobs[10:] == [(1, "slice"), (9, "slice"), (1, "random"), (9, "random")]
-    assert batch.training_jobs(QUICK, STUDY_MODALITIES, combos=["dose-t2w-ce_t1w", 1]) == [
+    assert jobs == [(n, "patient") for n in range(1, 11)]  # controls wait for the ranking
+    ranked = [4, 2, 9, 1, 10, 3, 5, 6, 8, 7]
+    jobs = batch.training_jobs(QUICK, STUDY_MODALITIES, ranked=ranked)
+    assert jobs[10:] == [(4, "slice"), (7, "slice"), (4, "random"), (7, "random")]
+    assert batch.training_jobs(QUICK, STUDY_MODALITIES, combos=["dose-t2w-ce_t1w", 1],
+                               ranked=ranked) == [
         (9, "patient"), (1, "patient"), (9, "slice"), (1, "slice"), (9, "random"),
         (1, "random")]
+    assert batch.training_jobs(PAPER, STUDY_MODALITIES)[10:] == (
+        [(n, "slice") for n in range(1, 11)] + [(n, "random") for n in range(1, 11)])
+    assert batch.control_numbers((1, 9), [1, 2, 9]) == [1, 9]
+    with pytest.raises(ConfigError, match="control_combos"):
+        batch.control_numbers("best", [1, 2])
     assert batch.notebook_name(9, "slice") == "04_training_combo09_slice"
     with pytest.raises(ConfigError):
         batch.training_jobs(QUICK, STUDY_MODALITIES, combos=[11 + 10])

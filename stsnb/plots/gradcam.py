@@ -54,7 +54,15 @@ def shares_figure(table: pd.DataFrame) -> Figure:
                      chance=table["chance_ring"]),
     ], ignore_index=True)
     long["outcome (label)"] = long["label"].map({1: "DM+", 0: "DM-"})
+    long = long[np.isfinite(long["share"])]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if long.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "every Grad-CAM map was empty:\nno share to show", ha="center",
+                    va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+        fig.suptitle("Share of Grad-CAM mass per region")
+        return fig
     sns.boxplot(data=long, x="region", y="share", hue="outcome (label)", ax=axes[0])
     axes[0].set_title("Share of Grad-CAM mass per region")
     axes[0].set_ylabel("share of map mass")

@@ -28,19 +28,29 @@ def accuracy_by_set_figure(summary: pd.DataFrame) -> Figure:
 
 
 def study_comparison_figure(summary: pd.DataFrame) -> Figure:
-    """Our slice-level test accuracy (mean ± std over folds) beside the study's, per combination."""
-    study = STUDY_TABLE.set_index("number")
-    combos = [c for c in summary["combo"] if c in study.index]
-    ours = summary.set_index("combo").loc[combos]
-    x = np.arange(len(combos))
+    """Our slice-level test accuracy (mean ± std over folds) beside the study's, per combination
+    (matched by images and channel order; ours alone for combinations not in the study)."""
+    study = STUDY_TABLE.set_index("name")
+    shared = summary["name"].isin(study.index).to_numpy()
+    rows = pd.concat([summary[shared], summary[~shared]])
+    x = np.arange(len(rows))
+    n_shared = int(shared.sum())
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.bar(x - 0.2, study.loc[combos, "accuracy_mean"], 0.4,
-           yerr=study.loc[combos, "accuracy_std"], label="study (slice-level split)")
-    ax.bar(x + 0.2, ours["slice_accuracy_mean"], 0.4, yerr=ours["slice_accuracy_std"],
+    if n_shared:
+        names = rows["name"].iloc[:n_shared]
+        ax.bar(x[:n_shared] - 0.2, study.loc[names, "accuracy_mean"], 0.4,
+               yerr=study.loc[names, "accuracy_std"], label="study (slice-level split)")
+    offset = np.where(np.arange(len(rows)) < n_shared, 0.2, 0.0)
+    ax.bar(x + offset, rows["slice_accuracy_mean"], 0.4, yerr=rows["slice_accuracy_std"],
            label="this build")
-    ax.set_xticks(x, [str(c) for c in combos])
+    ax.set_xticks(x, [f"{c}" if i < n_shared else f"{c}\n{n}" for i, (c, n)
+                      in enumerate(zip(rows["combo"], rows["name"], strict=True))])
     ax.set_ylim(0, 1)
-    ax.set_title("Test accuracy per combination: the study and this build")
+    title = "Test accuracy per combination: the study and this build"
+    if n_shared < len(rows):
+        title += (" (none of them in the study's table)" if not n_shared
+                  else " (the last ones are not in the study's table)")
+    ax.set_title(title)
     ax.set_xlabel("combination")
     ax.set_ylabel("accuracy (mean ± std over folds)")
     ax.legend(loc="lower right")
@@ -70,9 +80,9 @@ def ranking_figure(ranked: pd.DataFrame) -> Figure:
     """AUC difference to the best combination with its paired-bootstrap 95% CI."""
     fig, ax = plt.subplots(figsize=(8, 4))
     y = np.arange(len(ranked))
-    ax.errorbar(ranked["auc_minus_best"], y,
-                xerr=[ranked["auc_minus_best"] - ranked["ci_low"],
-                      ranked["ci_high"] - ranked["auc_minus_best"]], fmt="o", capsize=3)
+    diff = ranked["auc_minus_best"].to_numpy(dtype=float)
+    low, high = ranked["ci_low"].to_numpy(dtype=float), ranked["ci_high"].to_numpy(dtype=float)
+    ax.errorbar(diff, y, xerr=np.vstack([diff - low, high - diff]), fmt="o", capsize=3)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(y, [f"#{r.rank}: combination {r.combo}" for r in ranked.itertuples()])
     ax.invert_yaxis()
@@ -95,6 +105,25 @@ def leakage_figure(by_split: pd.DataFrame) -> Figure:
         ax.set_ylim(0, 1)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("combination")
+    fig.tight_layout()
+    return fig
+
+
+def chance_figure(verdicts: pd.DataFrame) -> Figure:
+    """Patient-level AUC of every run (dots, by split) over the 95% chance band (grey)."""
+    table = verdicts.assign(run=[f"{c}" for c in verdicts["combo"]])
+    order = sorted(table["run"].unique(), key=int)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    low, high = table["band_low"].min(), table["band_high"].max()
+    ax.axhspan(low, high, color="0.85", zorder=0, label="95% chance band")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--", zorder=1)
+    sns.stripplot(data=table, x="run", y="patient_auc", hue="split", order=order, size=8,
+                  dodge=True, jitter=False, ax=ax, zorder=2)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("combination")
+    ax.set_ylabel("patient-level AUC")
+    ax.set_title("Patient-level AUC against chance")
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig
 

@@ -24,7 +24,15 @@ import SimpleITK as sitk
 
 from ..config import RegistrationConfig
 from .errors import RegistrationError
-from .geometry import box_corners_mm, corners_mm, coverage_on_grid, crop, index_box, mask_box
+from .geometry import (
+    box_corners_mm,
+    corners_mm,
+    coverage_on_grid,
+    crop,
+    index_box,
+    mask_box,
+    near_mask,
+)
 from .history import MetricRecorder, sampling_seed
 from .rigid import as_float, working_image
 
@@ -86,15 +94,6 @@ def sampling_mask(work: sitk.Image, moving: sitk.Image, rigid: sitk.Transform,
     padded = sitk.ConstantPad(inside, radius, radius, 0)
     eroded = sitk.BinaryErode(padded, radius, sitk.sitkBox, 0, 1)
     return sitk.Crop(eroded, radius, radius)
-
-
-def near_mask(work: sitk.Image, gtv: sitk.Image, distance_mm: float) -> sitk.Image:
-    """Voxels of `work` within `distance_mm` of the tumour mask `gtv` (on any grid)."""
-    mask = sitk.Resample(sitk.Cast(gtv > 0, sitk.sitkUInt8), work, sitk.Transform(),
-                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    distance = sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False,
-                                            useImageSpacing=True)
-    return sitk.Cast(distance <= distance_mm, sitk.sitkUInt8)
 
 
 def set_optimizer(method: sitk.ImageRegistrationMethod, config: RegistrationConfig,

@@ -84,3 +84,12 @@ def coverage_on_grid(moving: sitk.Image, reference: sitk.Image,
     ones.CopyInformation(moving)
     ones = ones + 1
     return sitk.Resample(ones, reference, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def near_mask(work: sitk.Image, gtv: sitk.Image, distance_mm: float) -> sitk.Image:
+    """Voxels of `work` within `distance_mm` (mm) of the tumour mask `gtv` (on any grid)."""
+    mask = sitk.Resample(sitk.Cast(gtv > 0, sitk.sitkUInt8), work, sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    distance = sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True)
+    return sitk.Cast(distance <= distance_mm, sitk.sitkUInt8)

@@ -116,7 +116,7 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
     for m, image in mr.items():
         _guard(inputs, inputs.registered[m], lambda image=image, m=m: check_not_constant(image, m))
     rigid = _guard(inputs, inputs.registered[ref],
-                   lambda: register_rigid(ct, mr[ref], config, seed=seed, what=ref))
+                   lambda: register_rigid(ct, mr[ref], config, seed=seed, what=ref, gtv=gtv))
     deformable, deformation = None, None
     exact: list[sitk.Transform] = [rigid.transform]  # CT -> reference MR, as saved
     fast: list[sitk.Transform] = [rigid.transform]  # the same with the B-spline as a field

@@ -14,6 +14,10 @@ shifted along, the CT z axis (``rigid_z_rotations_deg``, ``rigid_z_starts_mm``):
 looks much alike along its axis, and a single descent often stops in a local optimum there
 (measured on the synthetic cohort). Regular-step gradient descent is the optimizer: plain gradient
 descent with an estimated learning rate stopped early on this metric.
+
+With ``rigid_focus_mm`` > 0 the metric samples only CT points within that distance (mm) of the
+GTV, like ``bspline_focus_mm`` of the deformable step: the tumour's neighbourhood decides the
+alignment, not the rest of a large field of view (0, the default, = the whole overlap).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import SimpleITK as sitk
 
 from ..config import RegistrationConfig
 from .errors import RegistrationError
-from .geometry import centre_mm, corners_mm, crop, index_box
+from .geometry import centre_mm, corners_mm, crop, index_box, near_mask
 from .history import HISTORY_COLUMNS, MetricRecorder, sampling_seed
 
 #: Margin (mm) around the MR FOV, mapped into the CT, kept when cropping the fixed image.
@@ -99,9 +103,13 @@ def fixed_region(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfor
 
 
 def _method(config: RegistrationConfig, seed: int, shrink: tuple[int, ...],
-            sigmas: tuple[float, ...], iterations: int) -> sitk.ImageRegistrationMethod:
+            sigmas: tuple[float, ...], iterations: int,
+            mask: sitk.Image | None = None) -> sitk.ImageRegistrationMethod:
+    """The rigid registration method; `mask` (CT points, any grid) restricts the metric."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.mi_histogram_bins)
+    if mask is not None:
+        method.SetMetricFixedMask(mask)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(config.mi_sampling_fraction, sampling_seed(seed))
     method.SetInterpolator(sitk.sitkLinear)
@@ -117,9 +125,9 @@ def _method(config: RegistrationConfig, seed: int, shrink: tuple[int, ...],
 
 
 def _evaluate(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
-              config: RegistrationConfig, seed: int) -> float:
+              config: RegistrationConfig, seed: int, mask: sitk.Image | None = None) -> float:
     """Metric of `transform` at the coarsest level's smoothing (inf when it cannot be computed)."""
-    method = _method(config, seed, (1,), (0.0,), 1)
+    method = _method(config, seed, (1,), (0.0,), 1, mask)
     method.SetInitialTransform(transform, inPlace=False)
     shrink = config.rigid_shrink_factors[0]
     sigma = config.rigid_smoothing_sigmas_mm[0]
@@ -148,24 +156,46 @@ def initial_candidates(fixed: sitk.Image, moving: sitk.Image,
     return candidates
 
 
+def focus_mask(fixed: sitk.Image, gtv: sitk.Image | None,
+               config: RegistrationConfig) -> sitk.Image | None:
+    """CT voxels within `rigid_focus_mm` (mm) of the GTV, or None (0 = the whole overlap).
+
+    Raises RegistrationError when a focus is asked for without a non-empty tumour mask.
+    """
+    if config.rigid_focus_mm <= 0:
+        return None
+    mask = near_mask(fixed, gtv, config.rigid_focus_mm) if gtv is not None else None
+    if mask is None or not sitk.GetArrayViewFromImage(mask).any():
+        raise RegistrationError(
+            f"rigid_focus_mm = {config.rigid_focus_mm:g} restricts the rigid metric to the "
+            "tumour's neighbourhood, but the tumour mask is empty.",
+            fix="check gtv.nii.gz; or set rigid_focus_mm = 0 in the [registration] table of "
+            "cohort.toml.",
+        )
+    return mask
+
+
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig,
-                   seed: int = 0, what: str = "MR") -> RigidResult:
+                   seed: int = 0, what: str = "MR", gtv: sitk.Image | None = None) -> RigidResult:
     """Register `moving` (MR) to `fixed` (CT) rigidly; the transform maps CT points to MR points.
 
-    Raises RegistrationError for a constant image or when no initialisation overlaps the CT.
+    `gtv` (the tumour mask on the CT grid) is needed when `config.rigid_focus_mm` > 0: the
+    metric then samples only CT points within that distance (mm) of it. Raises
+    RegistrationError for a constant image or when no initialisation overlaps the CT.
     """
     started = time.perf_counter()
     fixed, moving = as_float(fixed), as_float(moving)
     check_not_constant(fixed, "CT")
     check_not_constant(moving, what)
+    mask = focus_mask(fixed, gtv, config)
     scanner_overlap = fixed_region(fixed, moving, sitk.Euler3DTransform(), 0.0) is not None
     scored = []
     for name, candidate in initial_candidates(fixed, moving, config.initialization).items():
         region = fixed_region(fixed, moving, candidate)
         if region is None:
             continue
-        scored.append((_evaluate(region, moving, candidate, config, seed), name, candidate,
-                       region))
+        scored.append((_evaluate(region, moving, candidate, config, seed, mask), name,
+                       candidate, region))
     scored = [s for s in scored if np.isfinite(s[0])]
     if not scored:
         raise RegistrationError(
@@ -181,7 +211,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, config: RegistrationCo
     levels = list(zip(config.rigid_shrink_factors, config.rigid_smoothing_sigmas_mm, strict=True))
     try:
         transform, history, metric, stop = _multi_start(region, moving, transform, levels,
-                                                        config, seed)
+                                                        config, seed, mask)
     except RuntimeError as exc:
         raise RegistrationError(
             f"the rigid registration of the {what} image failed: {str(exc).strip()[-300:]}",
@@ -200,10 +230,10 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, config: RegistrationCo
 
 def _optimise(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform,
               levels: list[tuple[int, float]], first_level: int, config: RegistrationConfig,
-              seed: int) -> tuple[float, MetricRecorder, str]:
+              seed: int, mask: sitk.Image | None = None) -> tuple[float, MetricRecorder, str]:
     """Run the levels from `transform` (updated in place): (final metric, history, stop)."""
     method = _method(config, seed, tuple(f for f, _ in levels), tuple(s for _, s in levels),
-                     config.rigid_iterations)
+                     config.rigid_iterations, mask)
     method.SetInitialTransform(transform, inPlace=True)
     recorder = MetricRecorder("rigid", level_offset=first_level)
     recorder.attach(method)
@@ -227,10 +257,10 @@ def _level_image(image: sitk.Image, level: tuple[int, float]) -> sitk.Image:
 
 
 def _score(image: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
-           config: RegistrationConfig, seed: int) -> float:
+           config: RegistrationConfig, seed: int, mask: sitk.Image | None = None) -> float:
     """Metric of `transform` over every voxel of `image` (a level's image; lower = better, inf
     when it cannot be computed)."""
-    method = _method(config, seed, (1,), (0.0,), 1)
+    method = _method(config, seed, (1,), (0.0,), 1, mask)
     method.SetInitialTransform(transform, inPlace=False)
     try:
         return float(method.MetricEvaluate(image, moving))
@@ -249,7 +279,8 @@ def _shifted(transform: sitk.Euler3DTransform, dz: float, rz: float) -> sitk.Eul
 
 
 def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DTransform,
-                 levels: list[tuple[int, float]], config: RegistrationConfig, seed: int):
+                 levels: list[tuple[int, float]], config: RegistrationConfig, seed: int,
+                 mask: sitk.Image | None = None):
     """Coarse levels from `transform`; then restarts rotated about, then shifted along, the CT z
     axis (a limb looks alike along its axis, so the metric has local optima there), each taken
     through the next-to-last level from the best so far. Candidates are ranked by the metric
@@ -258,20 +289,20 @@ def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DT
     search = max(0, len(levels) - 2)
     image = _level_image(fixed, levels[-1])
     metric, recorder, stop = _optimise(fixed, moving, transform, levels[: search + 1], 0,
-                                       config, seed)
+                                       config, seed, mask)
     coarse_rows = [r for r in recorder.rows if r["level"] < search]
-    candidates = [(_score(image, moving, transform, config, seed), transform, recorder.rows,
-                   stop)]
+    candidates = [(_score(image, moving, transform, config, seed, mask), transform,
+                   recorder.rows, stop)]
     for offsets in start_offsets(config):
         origin = min(candidates, key=lambda c: c[0])[1]
         for dz, rz in offsets:
             start = _shifted(origin, dz, rz)
             try:
                 _, restart, stop = _optimise(fixed, moving, start, levels[search:search + 1],
-                                             search, config, seed)
+                                             search, config, seed, mask)
             except RuntimeError:
                 continue  # this start maps the MR out of the CT: skip it
-            candidates.append((_score(image, moving, start, config, seed), start,
+            candidates.append((_score(image, moving, start, config, seed, mask), start,
                                coarse_rows + restart.rows, stop))
     candidates.sort(key=lambda c: c[0])
     if len(levels) == 1:
@@ -280,9 +311,9 @@ def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DT
     finalists = []
     for _, start, rows, _ in candidates[:FINALISTS]:
         _, final, stop = _optimise(fixed, moving, start, levels[-1:], len(levels) - 1, config,
-                                   seed)
-        finalists.append((_score(image, moving, start, config, seed), start, rows + final.rows,
-                          stop))
+                                   seed, mask)
+        finalists.append((_score(image, moving, start, config, seed, mask), start,
+                          rows + final.rows, stop))
     value, transform, rows, stop = min(finalists, key=lambda c: c[0])
     return transform, pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), value, stop
 

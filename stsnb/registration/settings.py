@@ -66,6 +66,8 @@ def validate_settings(config: RegistrationConfig, path: Path | None = None) -> R
         (config.bspline_z_damping >= 1.0, "bspline_z_damping must be >= 1 (1 = no damping)."),
         (config.bspline_focus_mm == 0 or config.bspline_focus_mm >= 20.0,
          "bspline_focus_mm must be 0 (every point) or >= 20 mm."),
+        (config.rigid_focus_mm == 0 or config.rigid_focus_mm >= 5.0,
+         "rigid_focus_mm must be 0 (the whole overlap) or >= 5 mm."),
         (config.working_spacing_mm >= 0.0, "working_spacing_mm must be >= 0 mm (0 = off)."),
         (config.bspline_mesh_mm >= 5.0, "bspline_mesh_mm must be >= 5 mm."),
         (config.roi_margin_mm >= MIN_ROI_MARGIN_MM,

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..cohort_config import CohortConfig, read_cohort_config
 from ..config import Profile, RegistrationConfig
 from ..curation import read_cohort_table
+from ..diskspace import check_registration_space
 from ..errors import StsnbError
 from ..manifest import update_manifest
 from ..store import (
@@ -32,6 +33,8 @@ from ..store import (
     ensure_writable_dir,
     hash_config,
     hash_file,
+    output_sizes,
+    outputs_intact,
     write_csv_atomic,
     write_json_atomic,
 )
@@ -65,6 +68,15 @@ def patient_dir(work_dir: str | Path, patient_id: str) -> Path:
     return registration_dir(work_dir) / str(patient_id)
 
 
+def _settings_key(config: RegistrationConfig) -> dict[str, Any]:
+    """The settings as hashed: a setting added later is left out at its neutral default, so
+    outputs made before it existed (and unchanged by it) are still reused."""
+    settings = asdict(config)
+    if settings["rigid_focus_mm"] == 0:
+        del settings["rigid_focus_mm"]
+    return settings
+
+
 def patient_key(inputs: PatientInputs, config: RegistrationConfig, seed: int) -> dict[str, Any]:
     """What makes one patient's outputs: input file hashes, settings, seed, code version."""
     return {
@@ -72,7 +84,7 @@ def patient_key(inputs: PatientInputs, config: RegistrationConfig, seed: int) ->
         "version": REGISTRATION_VERSION,
         "patient_id": inputs.patient_id,
         "inputs": {p.relative_to(inputs.folder).as_posix(): hash_file(p) for p in inputs.files()},
-        "settings": asdict(config),
+        "settings": _settings_key(config),
         "mr_reference": inputs.reference,
         "registered": list(inputs.registered),
         "same_frame": list(inputs.same_frame),
@@ -94,6 +106,7 @@ def _write_transform(transform: sitk.Transform, path: Path) -> Path:
 
 def save_patient(result: PatientRegistration, folder: Path, key: dict[str, Any]) -> list[Path]:
     """Write one patient's outputs atomically, the record last; return the output paths."""
+    (folder / RECORD).unlink(missing_ok=True)  # no record vouches for files being rewritten
     outputs = [_write_image(image, folder / f"{name}.nii.gz")
                for name, image in result.images.items()]
     for modality in result.transforms:
@@ -108,6 +121,7 @@ def save_patient(result: PatientRegistration, folder: Path, key: dict[str, Any])
     write_json_atomic(folder / RECORD, {
         "key_hash": hash_config(key), "key": key,
         "outputs": [p.name for p in outputs],
+        "sizes": output_sizes([p.name for p in outputs], folder),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     return outputs
@@ -120,6 +134,8 @@ def saved_qa(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         if record.get("key_hash") != hash_config(key):
             return None
         if not all((folder / name).exists() for name in record.get("outputs", [])):
+            return None
+        if not outputs_intact(folder, record.get("sizes", {})):
             return None
         return json.loads((folder / "qa.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -171,6 +187,9 @@ def run_registration(
                                     "patients": {p: hash_config(k) for p, k in keys.items()},
                                     "thresholds": asdict(thresholds)})
     stage.start()
+    check_registration_space(registration_dir(work_dir), [
+        patient_inputs(cohort_dir, p, cohort) for p in ids
+        if saved_qa(patient_dir(work_dir, p), keys[p]) is None])
     rows, reused, outputs = [], [], []
     bar = tqdm(ids, desc="registration", unit="patient", disable=not progress)
     for pid in bar:

@@ -14,7 +14,7 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,15 @@ from ..imageio import (
     ORIGIN_TOLERANCE_VOXELS,
     SPACING_RELATIVE_TOLERANCE,
 )
-from ..store import Stage, atomic_path, hash_config, write_csv_atomic, write_json_atomic
+from ..manifest import software_key
+from ..store import (
+    Stage,
+    atomic_path,
+    hash_config,
+    require_free_space,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from .geometry import AxialFrame, Placement, place_and_resize, placement, sample_slices, tumour_slab
 from .slice_store import (
     INDEX_COLUMNS,
@@ -97,7 +105,8 @@ class PatientSlices:
 
 def settings_for(config: PreprocessingConfig, modalities: tuple[str, ...]) -> dict[str, Any]:
     """The settings that change a shard's content (part of every key)."""
-    return {"format": STORE_FORMAT, "modalities": list(modalities), **asdict(config)}
+    return {"format": STORE_FORMAT, "modalities": list(modalities), **asdict(config),
+            "software": software_key(STAGE)}
 
 
 def check_config(config: PreprocessingConfig) -> None:
@@ -369,7 +378,7 @@ def build_slice_store(work_dir: str | Path, volumes: Iterable[PatientVolumes | P
     settings: dict[str, Any] | None = None
     total = len(volumes) if hasattr(volumes, "__len__") else None
     bar = tqdm(volumes, total=total, desc="slice store", unit="patient", disable=not progress)
-    for item in bar:
+    for position, item in enumerate(bar):
         pid = str(item.patient_id)
         _check_id(pid, seen)
         label = _check_label(pid, item.label)
@@ -394,6 +403,12 @@ def build_slice_store(work_dir: str | Path, volumes: Iterable[PatientVolumes | P
                 (root / STORE_META).unlink(missing_ok=True)
             loaded = loaded or item.load()
             result = process_patient(loaded, config, modalities)
+            later = volumes[position + 1:] if isinstance(volumes, Sequence) else ()
+            left = 1 + sum(not (shards / image_shard_name(str(v.patient_id))).exists()
+                           for v in later)
+            _check_space(shards, result, left, pid)
+            (shards / record_name(pid)).unlink(missing_ok=True)  # no record vouches for a
+            # shard being rewritten (a kill between the two shards leaves no mix trusted)
             with atomic_path(shards / image_shard_name(pid)) as tmp:
                 _save_npy(tmp, result.images)
             with atomic_path(shards / mask_shard_name(pid)) as tmp:
@@ -430,6 +445,15 @@ def build_slice_store(work_dir: str | Path, volumes: Iterable[PatientVolumes | P
     store = SliceStore.open(work_dir)
     store.last_build = report
     return store
+
+
+def _check_space(shards: Path, result: PatientSlices, left: int, pid: str) -> None:
+    """StsnbError when the disk cannot hold this shard and `left - 1` more of its size (the
+    patients after it that have no shard yet)."""
+    each = result.images.nbytes + result.masks.nbytes
+    require_free_space(shards, each * left,
+                       f"the slice store ({left} patient shard(s) left to write, about "
+                       f"{each / 2**20:.1f} MiB each)", patient_id=pid)
 
 
 def _write_tables(root: Path, records: list[dict]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..combinations import combinations_for
 from ..errors import ConfigError
 from .slice_store import SliceStore
 
@@ -76,6 +77,9 @@ def preprocessing_summary(store: SliceStore) -> str:
     clipped = int((patients["margin_clipped"].astype(str) != "").sum())
     pixel = patients["input_pixel_mm"]
     size_mb = store.disk_usage().set_index("kind").loc["total", "bytes"] / 2**20
+    combos = combinations_for(store.modalities)
+    n_singles = sum(c.is_single for c in combos)
+    n_triplets = len(combos) - n_singles
     return (
         f"{len(patients)} patients give {slab} axial slices within the GTV z-extent "
         f"+- {store.z_margin_mm:g} mm (the study: {STUDY_SLICES} slices of 61 patients); this "
@@ -84,6 +88,7 @@ def preprocessing_summary(store: SliceStore) -> str:
         f"kept slab, fitted to {store.canvas_px} x {store.canvas_px} and scaled to "
         f"{store.input_px} x {store.input_px} pixels of {pixel.min():.2f}-{pixel.max():.2f} mm. "
         f"The margin is clipped by the end of the CT for {clipped} patient"
-        f"{'s' if clipped != 1 else ''}. The store takes {size_mb:.1f} MiB on disk; the ten "
-        "combinations are read from it as views."
+        f"{'s' if clipped != 1 else ''}. The store takes {size_mb:.1f} MiB on disk; the "
+        f"{n_triplets} three-image combination{'s' if n_triplets != 1 else ''} and the "
+        f"{n_singles} single-image references are read from it as views."
     )

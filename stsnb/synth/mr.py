@@ -66,12 +66,16 @@ def bias_field(shape: tuple[int, int, int], coeffs: np.ndarray) -> np.ndarray:
     return np.exp(log_b)
 
 
-def render_mr(plan: PatientPlan, maps: dict[str, TissueMaps],
-              rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The three sequences (int16 a.u., shape of the MR grid); ``maps`` per sequence."""
+def render_mr(plan: PatientPlan, maps: dict[str, TissueMaps], rng: np.random.Generator,
+              sequences: tuple[str, ...] = MR_MODALITIES) -> dict[str, np.ndarray]:
+    """The MR ``sequences`` (int16 a.u., shape of the MR grid; rendered in MR_MODALITIES order,
+    so a sequence matches the full session's whenever the ones before it are rendered too);
+    ``maps`` per sequence."""
     mr = plan.mr
     out = {}
     for i, seq in enumerate(MR_MODALITIES):
+        if seq not in sequences:
+            continue
         s = sequence_signal(seq, maps[seq], plan.factors["enhancement_heterogeneity"],
                             mr.contrast_jitter[seq])
         s *= bias_field(s.shape, mr.bias_coeffs[i])

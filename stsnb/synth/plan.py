@@ -8,18 +8,22 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from ..modalities import MR_MODALITIES
+from ..modalities import MR_MODALITIES, STUDY_MODALITIES
 from . import anatomy
 from .clinical import draw_clinical, draw_followup
 from .fields import PlaneWaves, SphereWaves, fibonacci_sphere
 from .geometry import CtToMr, Deformation, Grid, Rigid, rotation
 from .outcome import draw_outcome
-from .spec import Bone, DosePlan, Limb, MrSession, PatientPlan, Tumour
+from .spec import Bone, DosePlan, Limb, MrSession, PatientPlan, PetPlan, Tumour
 
 #: Incomplete patients in the study's screening: 11 of 72.
 INCOMPLETE_PER_72 = 11
 #: What an incomplete patient lacks, assigned in this order (cycling).
 MISSING_KINDS = ("mr", "followup", "dose", "gtv")
+#: Images in the CT's frame that an incomplete patient may lack (the "dose" kind), by preference.
+CT_FRAME_KINDS = ("dose", "pet")
+#: Median SUV of the viable tumour per grade (FDG: higher grade, higher uptake).
+PET_TUMOUR_SUV = {1: 3.0, 2: 5.5, 3: 8.5}
 #: CT slice thickness (mm) and the study's margin around the tumour's z-extent (mm).
 CT_SLICE_MM = 3.0
 Z_MARGIN_MM = 10.0
@@ -53,18 +57,32 @@ def n_incomplete(n_patients: int) -> int:
     return int(round(n_patients * INCOMPLETE_PER_72 / 72))
 
 
-def assign_missing(n_patients: int, seed: int) -> list[str]:
-    """Per patient: '' (complete) or what it lacks ('t1w' | 't2w' | 'ce_t1w' | 'dose' | 'gtv' |
-    'followup')."""
+def missing_image(kind: str, modalities: tuple[str, ...], rng: np.random.Generator) -> str:
+    """What an incomplete patient lacks for a MISSING_KINDS entry, among the generated images.
+
+    'mr': one of the generated MR sequences (any generated image but the CT when there is none);
+    'dose': the first generated of CT_FRAME_KINDS (the GTV when neither is generated).
+    """
+    if kind == "mr":
+        pool = [m for m in MR_MODALITIES if m in modalities] or [
+            m for m in modalities if m != "ct"]
+        return str(rng.choice(pool))
+    if kind == "dose":
+        return next((m for m in CT_FRAME_KINDS if m in modalities), "gtv")
+    return kind
+
+
+def assign_missing(n_patients: int, seed: int,
+                   modalities: tuple[str, ...] = STUDY_MODALITIES) -> list[str]:
+    """Per patient: '' (complete) or what it lacks (a generated image stem, 'gtv' or
+    'followup'); for the study's five images 't1w' | 't2w' | 'ce_t1w' | 'dose' | 'gtv' |
+    'followup'."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 72_011]))
     k = n_incomplete(n_patients)
     missing = [""] * n_patients
     chosen = rng.choice(n_patients, size=k, replace=False) if k else []
     for j, idx in enumerate(chosen):
-        kind = MISSING_KINDS[j % len(MISSING_KINDS)]
-        if kind == "mr":
-            kind = str(rng.choice(MR_MODALITIES))
-        missing[int(idx)] = kind
+        missing[int(idx)] = missing_image(MISSING_KINDS[j % len(MISSING_KINDS)], modalities, rng)
     return missing
 
 
@@ -332,6 +350,35 @@ def landmarks(limb: Limb, tumour: Tumour, centroid, z_min: float,
     return out
 
 
+def draw_pet(rng: np.random.Generator, ct: Grid, grade: int) -> PetPlan:
+    """FDG PET of the PET/CT: ~4 mm voxels in the CT's frame covering the CT's field of view
+    (+4-12 mm), 5.5-6.5 mm FWHM, uptake per tissue in SUV (viable tumour by grade)."""
+    sp = float(rng.choice([3.6458, 4.0, 4.0728]))
+    spz = float(rng.choice([3.27, 4.0]))
+    lo = np.asarray(ct.origin, dtype=float)
+    hi = lo + (np.asarray(ct.size) - 1) * np.asarray(ct.spacing)
+    origin, size = [], []
+    for a, step in enumerate((sp, sp, spz)):
+        start = lo[a] - _u(rng, (4, 12))
+        origin.append(float(start))
+        size.append(int(np.ceil((hi[a] + _u(rng, (4, 12)) - start) / step)) + 1)
+    muscle = _u(rng, (0.6, 0.9))
+    fat = _u(rng, (0.25, 0.4))
+    blood = _u(rng, (1.4, 2.0))
+    tumour = float(np.clip(rng.lognormal(np.log(PET_TUMOUR_SUV[grade]), 0.3), 1.8, 20.0))
+    suv = {
+        anatomy.AIR: 0.0, anatomy.SKIN: 0.9 * muscle, anatomy.FAT: fat, anatomy.MUSCLE: muscle,
+        anatomy.SEPTUM: fat, anatomy.FASCIA: muscle, anatomy.CORTEX: 0.35,
+        anatomy.MARROW: _u(rng, (1.0, 1.7)), anatomy.ARTERY: blood, anatomy.VEIN: blood,
+        anatomy.TUMOUR: tumour, anatomy.NECROSIS: _u(rng, (0.3, 0.7)),
+        anatomy.HAEMORRHAGE: _u(rng, (0.8, 1.2)), anatomy.OEDEMA: muscle * _u(rng, (1.2, 1.6)),
+    }
+    return PetPlan(grid=Grid(tuple(size), (sp, sp, spz), tuple(origin)),
+                   fwhm_mm=_u(rng, (5.5, 6.5)), suv=suv, rim_gain=_u(rng, (0.2, 0.5)),
+                   rim_depth_mm=_u(rng, (5, 10)), heterogeneity=_u(rng, (0.1, 0.3)),
+                   noise=_u(rng, (0.06, 0.12)))
+
+
 def plan_patient(seed: int, index: int, missing: str = "") -> PatientPlan:
     """All parameters of patient ``index`` (0-based); independent of the other patients."""
     rng = patient_rng(seed, index)
@@ -377,14 +424,17 @@ def plan_patient(seed: int, index: int, missing: str = "") -> PatientPlan:
         ct_grid=ct, ct_noise_hu=ct_noise, ct_jitter_hu=jitter, dose=dose, mr=mr,
         factors=factors, risk={**risk, **extra}, clinical=clin, missing=missing,
         landmarks=landmarks(limb, tumour, m["centroid"], z_min, z_max),
+        pet=draw_pet(patient_rng(seed, index, 4), ct, clin["grade"]),
     )
 
 
-def plan_patients(n_patients: int = 72, seed: int = 0) -> list[PatientPlan]:
-    """Every screened patient's plan (the cohort make_synthetic_cohort renders)."""
+def plan_patients(n_patients: int = 72, seed: int = 0,
+                  modalities: tuple[str, ...] = STUDY_MODALITIES) -> list[PatientPlan]:
+    """Every screened patient's plan (the cohort make_synthetic_cohort renders); ``modalities``
+    (the generated images) decides only what incomplete patients lack."""
     if int(n_patients) != n_patients or n_patients < 1:
         raise ConfigError(f"n_patients must be a whole number >= 1, got {n_patients!r}.")
-    missing = assign_missing(n_patients, seed)
+    missing = assign_missing(n_patients, seed, tuple(modalities))
     return [plan_patient(seed, i, missing[i]) for i in range(n_patients)]
 
 
@@ -413,13 +463,15 @@ def plan_table(plans: list[PatientPlan]) -> pd.DataFrame:
     return df
 
 
-def plan_cohort(n_patients: int = 72, seed: int = 0) -> pd.DataFrame:
+def plan_cohort(n_patients: int = 72, seed: int = 0,
+                modalities: tuple[str, ...] = STUDY_MODALITIES) -> pd.DataFrame:
     """Draw every patient's parameters without rendering volumes (cheap).
 
     One row per screened patient: ``patient_id``, ``complete``, ``missing`` ('' or what is
     missing), tumour z-extent (mm), ``tumour_size_cm`` (longest diameter), the latent risk
     factors, ``risk_score``/``risk`` (P(DM)), ``distant_metastasis`` (as in clinical.csv, <NA>
     when follow-up is missing), ``metastasis_latent`` and ``n_slices`` (CT slices of 3 mm within
-    the tumour z-extent +-10 mm). make_synthetic_cohort renders exactly this plan.
+    the tumour z-extent +-10 mm). make_synthetic_cohort renders exactly this plan (with the same
+    ``modalities``, which decide only what incomplete patients lack).
     """
-    return plan_table(plan_patients(n_patients, seed))
+    return plan_table(plan_patients(n_patients, seed, modalities))

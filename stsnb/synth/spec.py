@@ -1,4 +1,4 @@
-"""Parameter records of one synthetic patient (all lengths in mm, doses in Gy)."""
+"""Parameter records of one synthetic patient (lengths in mm, doses in Gy, uptake in SUV)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,19 @@ class MrSession:
 
 
 @dataclass(frozen=True, eq=False)
+class PetPlan:
+    """FDG PET of a PET/CT (SUV): its grid in the CT's frame, resolution, uptake and noise."""
+
+    grid: Grid
+    fwhm_mm: float  # system resolution (full width at half maximum)
+    suv: dict[int, float]  # mean SUV per tissue label (viable tumour: before rim and texture)
+    rim_gain: float  # extra viable uptake at the tumour surface (fraction), decaying inward
+    rim_depth_mm: float  # e-folding depth (mm) of that extra uptake
+    heterogeneity: float  # amplitude of the smooth uptake field in the viable tumour (fraction)
+    noise: float  # noise sd at 1 SUV (SUV); sd scales with sqrt(SUV)
+
+
+@dataclass(frozen=True, eq=False)
 class PatientPlan:
     """Everything needed to render one patient, plus the tables' values."""
 
@@ -119,3 +132,4 @@ class PatientPlan:
     clinical: dict[str, object]
     missing: str = ""
     landmarks: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    pet: PetPlan | None = None

@@ -1,19 +1,26 @@
-"""Render a planned patient and write the cohort layout (DESIGN.md section 4) atomically."""
+"""Render planned patients and write the cohort layout (DESIGN.md section 4) atomically.
+
+Patients are rendered in parallel worker processes; each has its own random generators (seeded
+with the cohort seed and its index), so the files do not depend on the number of workers.
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
 import SimpleITK as sitk
 
-from ..modalities import MR_MODALITIES, STUDY_MODALITIES
+from ..errors import ConfigError
+from ..modalities import KNOWN_MODALITIES, MR_MODALITIES, STUDY_MODALITIES
 from . import anatomy
 from .outcome import FACTORS, INTERCEPT, NOISE_SD
-from .plan import plan_patients
+from .plan import CT_FRAME_KINDS, plan_patients
 from .render import landmark_table, render_patient
 from .spec import PatientPlan
 
@@ -51,15 +58,74 @@ def write_transform(tfm: sitk.Transform, path: Path) -> None:
     _atomic(path, lambda t: sitk.WriteTransform(tfm, str(t)))
 
 
-def truth_readme(plan: PatientPlan) -> str:
+def check_modalities(modalities: Iterable[str] | str | None) -> tuple[str, ...]:
+    """The images to generate, in channel order (file stems; a comma-separated string is split).
+
+    None gives the study's five. ConfigError unless they are known stems, listed once, include
+    the CT (the reference frame) and number at least three (a combination has three channels).
+    """
+    if modalities is None:
+        return STUDY_MODALITIES
+    if isinstance(modalities, str):
+        modalities = modalities.split(",")
+    mods = tuple(str(m).strip().lower() for m in modalities if str(m).strip())
+    unknown = [m for m in mods if m not in KNOWN_MODALITIES]
+    if unknown:
+        raise ConfigError(f"Unknown modality {', '.join(map(repr, unknown))}: the generator "
+                          f"makes {', '.join(KNOWN_MODALITIES)}.")
+    if len(set(mods)) != len(mods):
+        raise ConfigError(f"A modality is listed twice in {list(mods)}.")
+    if "ct" not in mods:
+        raise ConfigError(f"Modalities {list(mods)} lack 'ct', every patient's reference frame.")
+    if len(mods) < 3:
+        raise ConfigError(f"Modalities {list(mods)}: a combination needs three images; "
+                          "give at least three.")
+    return mods
+
+
+def check_workers(workers: int | None) -> int:
+    """Worker processes: ``os.cpu_count()`` for None, else a whole number >= 1."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}.")
+    return int(workers)
+
+
+def _and_list(items: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def truth_readme(plan: PatientPlan, modalities: tuple[str, ...] = STUDY_MODALITIES) -> str:
     """README.txt of truth/: frames, how to compose the transform, label legend."""
     legend = "\n".join(f"  {k:2d}  {v}" for k, v in anatomy.LEGEND.items())
-    moved = [s for s, m in plan.mr.motion.items() if any(m.angles_deg + m.translation_mm)]
+    in_ct = [f"{m}.nii.gz" for m in CT_FRAME_KINDS if m in modalities] + ["gtv.nii.gz"]
+    pet = ""
+    if "pet" in modalities:
+        pet = ("\npet.json: the PET's uptake model (SUV per tissue label, rim, heterogeneity, "
+               "noise, FWHM in mm).")
+    if not any(m in modalities for m in MR_MODALITIES):
+        return f"""Ground truth of synthetic patient {plan.patient_id} (QA only; never used by the
+pipeline).
+
+Frames: the CT's physical frame (mm, as SimpleITK reads ct.nii.gz) is the body frame;
+{_and_list(in_ct)} are in it. No MR sequence was generated: no MR truth is written.
+
+tissue_labels.nii.gz: tissue class per CT voxel:
+{legend}
+risk.json: the latent risk factors, the model's weights and the outcome drawn.{pet}
+"""
+    moved = [s for s, m in plan.mr.motion.items()
+             if s in modalities and any(m.angles_deg + m.translation_mm)]
+    frames = f"{_and_list(in_ct)} are in it"
+    if len(in_ct) == 2:  # keeps the study cohort's line break
+        frames = f"{in_ct[0]}\nand {in_ct[1]} are in it"
     return f"""Ground truth of synthetic patient {plan.patient_id} (QA only; never used by the
 pipeline).
 
-Frames: the CT's physical frame (mm, as SimpleITK reads ct.nii.gz) is the body frame; dose.nii.gz
-and gtv.nii.gz are in it. The MR sequences share one grid in the MR scanner's frame.
+Frames: the CT's physical frame (mm, as SimpleITK reads ct.nii.gz) is the body frame; {frames}.\
+ The MR sequences share one grid in the MR scanner's frame.
 
 True CT->MR map (a CT physical point p to the MR physical point of the same anatomy, for the
 reference sequence {MR_MODALITIES[0]}):  T(p) = R(p + d(p)), with
@@ -81,7 +147,7 @@ gtv_mr.nii.gz: the GTV on the MR grid ({MR_MODALITIES[0]}).
 landmarks_mm.csv: name, ct_x, ct_y, ct_z (CT frame), mr_x, mr_y, mr_z (= T(ct point), mm).
 tissue_labels.nii.gz: tissue class per CT voxel:
 {legend}
-risk.json: the latent risk factors, the model's weights and the outcome drawn.
+risk.json: the latent risk factors, the model's weights and the outcome drawn.{pet}
 """
 
 
@@ -104,28 +170,50 @@ def risk_json(plan: PatientPlan) -> str:
     return json.dumps(doc, indent=2) + "\n"
 
 
-def write_patient(plan: PatientPlan, out_dir: Path) -> None:
-    """Render and write one patient's folder (files it lacks by design are removed)."""
-    pdir = out_dir / plan.patient_id
+def pet_json(plan: PatientPlan) -> str:
+    """pet.json: the PET's uptake model (ground truth; SUV, mm)."""
+    pet = plan.pet
+    doc = {
+        "patient_id": plan.patient_id,
+        "suv_per_tissue": {anatomy.LEGEND[k]: round(v, 4) for k, v in pet.suv.items()},
+        "viable_tumour_suv": round(pet.suv[anatomy.TUMOUR], 4),
+        "rim_gain": round(pet.rim_gain, 4), "rim_depth_mm": round(pet.rim_depth_mm, 3),
+        "heterogeneity": round(pet.heterogeneity, 4), "noise_sd_at_1_suv": round(pet.noise, 4),
+        "fwhm_mm": round(pet.fwhm_mm, 3), "spacing_mm": list(pet.grid.spacing),
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def write_patient(plan: PatientPlan, out_dir: Path,
+                  modalities: tuple[str, ...] = STUDY_MODALITIES) -> str:
+    """Render and write one patient's folder with the images in ``modalities`` (the CT always);
+    image files it lacks by design, or of modalities not generated, are removed. Returns the
+    patient id."""
+    pdir = Path(out_dir) / plan.patient_id
     tdir = pdir / "truth"
     tdir.mkdir(parents=True, exist_ok=True)
-    imgs = render_patient(plan)
-    for name in (*STUDY_MODALITIES, "gtv"):
+    imgs = render_patient(plan, modalities)
+    for name in (*KNOWN_MODALITIES, "gtv"):
         path = pdir / f"{name}.nii.gz"
-        if name == plan.missing:
+        if name == plan.missing or name not in imgs:
             path.unlink(missing_ok=True)
         else:
             write_image(imgs[name], path)
-    write_image(imgs["gtv_mr"], tdir / "gtv_mr.nii.gz")
     write_image(imgs["tissue_labels"], tdir / "tissue_labels.nii.gz")
-    write_image(imgs["displacement"], tdir / "ct_to_mr_displacement.nii.gz")
-    write_transform(plan.mr.ct_to_mr.rigid.sitk(), tdir / "ct_to_mr_rigid.tfm")
-    for seq, motion in plan.mr.motion.items():
-        write_transform(motion.sitk(), tdir / f"mr_motion_{seq}.tfm")
-    write_text(landmark_table(plan).to_csv(index=False, float_format="%.4f"),
-               tdir / "landmarks_mm.csv")
+    if "gtv_mr" in imgs:
+        write_image(imgs["gtv_mr"], tdir / "gtv_mr.nii.gz")
+        write_image(imgs["displacement"], tdir / "ct_to_mr_displacement.nii.gz")
+        write_transform(plan.mr.ct_to_mr.rigid.sitk(), tdir / "ct_to_mr_rigid.tfm")
+        for seq, motion in plan.mr.motion.items():
+            if seq in modalities:
+                write_transform(motion.sitk(), tdir / f"mr_motion_{seq}.tfm")
+        write_text(landmark_table(plan).to_csv(index=False, float_format="%.4f"),
+                   tdir / "landmarks_mm.csv")
+    if "pet" in imgs:
+        write_text(pet_json(plan), tdir / "pet.json")
     write_text(risk_json(plan), tdir / "risk.json")
-    write_text(truth_readme(plan), tdir / "README.txt")
+    write_text(truth_readme(plan, modalities), tdir / "README.txt")
+    return plan.patient_id
 
 
 def clinical_table(plans: list[PatientPlan]) -> pd.DataFrame:
@@ -138,35 +226,80 @@ def clinical_table(plans: list[PatientPlan]) -> pd.DataFrame:
     return df
 
 
-def cohort_toml(n_patients: int, seed: int) -> str:
-    """cohort.toml of a synthetic cohort."""
-    mods = ", ".join(f'"{m}"' for m in STUDY_MODALITIES)
+def cohort_toml(n_patients: int, seed: int,
+                modalities: tuple[str, ...] = STUDY_MODALITIES) -> str:
+    """cohort.toml of a synthetic cohort: the generated images in channel order, the MR
+    reference (T1w when generated) and the images in the CT's frame (dose, PET)."""
+    mods = ", ".join(f'"{m}"' for m in modalities)
+    mr = [m for m in modalities if m in MR_MODALITIES]
+    reference = MR_MODALITIES[0] if MR_MODALITIES[0] in mr else (mr[0] if mr else "")
+    same = ", ".join(f'"{m}"' for m in modalities if m in CT_FRAME_KINDS)
     return (f"# Synthetic multimodal STS cohort generated by stsnb.synth "
             f"(n_patients={n_patients}, seed={seed}).\n"
             "# No real patient data: every image, outcome and clinical value is simulated.\n"
             "# <patient>/truth/ holds ground truth for QA only.\n"
             f"modalities = [{mods}]\n"
-            f'mr_reference = "{MR_MODALITIES[0]}"\n'
-            'same_frame_as_ct = ["dose"]\n')
+            + (f'mr_reference = "{reference}"\n' if reference else "")
+            + f"same_frame_as_ct = [{same}]\n")
+
+
+def _single_threaded_worker() -> None:
+    """Worker start-up: one BLAS thread per process (idle BLAS threads spin and would take the
+    cores the other workers need)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return
+    threadpool_limits(limits=1)
+
+
+def _write_all(plans: list[PatientPlan], out: Path, modalities: tuple[str, ...], workers: int,
+               progress: bool) -> None:
+    """Write every patient, in ``workers`` processes (spawned: safe from any parent)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(plans), desc="synthetic patients", unit="patient", disable=not progress)
+    with bar:
+        if workers == 1 or len(plans) == 1:
+            for plan in plans:
+                write_patient(plan, out, modalities)
+                bar.update()
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(plans)), mp_context=context,
+                                 initializer=_single_threaded_worker) as pool:
+            futures = [pool.submit(write_patient, plan, out, modalities) for plan in plans]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
 
 def make_synthetic_cohort(out_dir: str | Path, n_patients: int = 72, seed: int = 0,
-                          progress: bool = True) -> pd.DataFrame:
+                          progress: bool = True,
+                          modalities: Iterable[str] | str | None = None,
+                          workers: int | None = None) -> pd.DataFrame:
     """Generate and write a synthetic cohort; return the clinical table written (clinical.csv).
 
-    Renders exactly ``plan_cohort(n_patients, seed)`` (CT in HU, dose in Gy, MR in a.u.; see
-    book/synthetic_cohort.md); each file is written atomically, clinical.csv and cohort.toml
-    last. Same seed -> identical arrays. Over an existing cohort, files a patient lacks by design
-    are removed; folders of patients beyond ``n_patients`` are left alone.
+    Renders exactly ``plan_cohort(n_patients, seed, modalities)`` (CT in HU, dose in Gy, MR in
+    a.u., PET in SUV; see book/synthetic_cohort.md). ``modalities``: the images to generate, in
+    channel order (default the study's five; e.g. ``("ct", "pet", "t1w")`` or ``"ct,pet,t1w"``;
+    the CT is required). ``workers``: processes rendering patients in parallel (default
+    ``os.cpu_count()``); the files are identical for any number. Each file is written
+    atomically, clinical.csv and cohort.toml last. Same seed -> identical arrays. Over an
+    existing cohort, image files a patient lacks (by design, or not generated) are removed;
+    folders of patients beyond ``n_patients`` are left alone.
     """
-    from tqdm.auto import tqdm
-
+    mods = check_modalities(modalities)
+    n_workers = check_workers(workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plans = plan_patients(n_patients, seed)
-    for plan in tqdm(plans, desc="synthetic patients", unit="patient", disable=not progress):
-        write_patient(plan, out)
+    plans = plan_patients(n_patients, seed, mods)
+    _write_all(plans, out, mods, n_workers, progress)
     table = clinical_table(plans)
     write_text(table.to_csv(index=False), out / "clinical.csv")
-    write_text(cohort_toml(n_patients, seed), out / "cohort.toml")
+    write_text(cohort_toml(n_patients, seed, mods), out / "cohort.toml")
     return table
