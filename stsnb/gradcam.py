@@ -172,6 +172,8 @@ def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
     combination = resolve_combo(combo, tuple(store.modalities))
     predictions = load_predictions(predictions_path(work_dir, split, combination.number))
     chosen = select_slices(predictions, per_fold, seed)
+    chosen["cam_class"] = ((chosen["prob"] >= 0.5).astype(np.int64) if target == "predicted"
+                           else POSITIVE_CLASS)
     lookup = store.index.set_index(["patient_id", "slice_index"])["row"]
     chosen["row"] = [int(lookup.loc[(p, s)]) for p, s in
                      zip(chosen["patient_id"], chosen["slice_index"], strict=True)]
@@ -180,9 +182,7 @@ def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
         bundle = fold_model(work_dir, split, combination.number, int(fold), store, device=device)
         rows = group["row"].to_numpy()
         rgb = store.images(rows, combination.channels)
-        classes = ((group["prob"].to_numpy() >= 0.5).astype(np.int64) if target == "predicted"
-                   else POSITIVE_CLASS)
-        maps.append(gradcam_maps(bundle, rgb, classes))
+        maps.append(gradcam_maps(bundle, rgb, group["cam_class"].to_numpy()))
         images.append(rgb)
         gtvs.append(store.gtv_masks(rows))
         rows_out.append(group)
@@ -194,8 +194,6 @@ def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
     shares = [mass_shares(maps_arr[i], gtv_arr[i], body[i],
                           int(round(RING_MM / float(pixel_mm[i])))) for i in range(len(table))]
     table = pd.concat([table, pd.DataFrame(shares)], axis=1)
-    table["cam_class"] = ((table["prob"] >= 0.5).astype(int) if target == "predicted"
-                          else POSITIVE_CLASS)
     table["empty_map"] = maps_arr.reshape(len(table), -1).sum(axis=1) <= 0
     return GradCamResult(table=table, maps=maps_arr, images=images_arr, gtv=gtv_arr,
                          combo=combination.number)

@@ -46,7 +46,8 @@ def identifying_values(patient_id: str) -> dict[str, str]:
             "mrn": f"0098{7000 + number}"}
 
 
-def _image(array: np.ndarray, spacing, origin, direction=None) -> sitk.Image:
+def image_from_array(array: np.ndarray, spacing, origin, direction=None) -> sitk.Image:
+    """A SimpleITK image of `array` (z, y, x) with spacing and origin in mm."""
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
@@ -59,7 +60,7 @@ def ct_image() -> sitk.Image:
     """int16 HU: air around a water cylinder."""
     z, y, x = np.meshgrid(*(np.arange(n) for n in CT_SIZE[::-1]), indexing="ij")
     hu = np.where((x - 10) ** 2 + (y - 10) ** 2 < 64, 40, -1000).astype(np.int16)
-    return _image(hu, CT_SPACING, CT_ORIGIN)
+    return image_from_array(hu, CT_SPACING, CT_ORIGIN)
 
 
 def gtv_image(empty: bool = False) -> sitk.Image:
@@ -67,13 +68,13 @@ def gtv_image(empty: bool = False) -> sitk.Image:
     mask = np.zeros(CT_SIZE[::-1], dtype=np.uint8)
     if not empty:
         mask[GTV_BOX] = 1
-    return _image(mask, CT_SPACING, CT_ORIGIN)
+    return image_from_array(mask, CT_SPACING, CT_ORIGIN)
 
 
 def dose_image() -> sitk.Image:
     """float32 Gy on a coarser grid than the CT, in the CT's frame."""
     dose = np.full((6, 12, 12), 50.0, dtype=np.float32)
-    return _image(dose, (2.0, 2.0, 4.5), (-11.0, -13.0, -10.5))
+    return image_from_array(dose, (2.0, 2.0, 4.5), (-11.0, -13.0, -10.5))
 
 
 def mr_image(seed: int = 0) -> sitk.Image:
@@ -82,7 +83,7 @@ def mr_image(seed: int = 0) -> sitk.Image:
     values = rng.uniform(0, 500, size=(6, 16, 16)).astype(np.float32)
     c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
     direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
-    return _image(values, (1.4, 1.4, 4.0), (5.0, -3.0, 2.0), direction)
+    return image_from_array(values, (1.4, 1.4, 4.0), (5.0, -3.0, 2.0), direction)
 
 
 def modality_image(modality: str) -> sitk.Image:

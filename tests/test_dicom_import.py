@@ -13,6 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 import SimpleITK as sitk
+from cohort_fixtures import image_from_array
 from pydicom.data import get_testdata_file
 
 from stsnb.__main__ import main
@@ -120,15 +121,6 @@ def test_curation_runs_on_the_imported_real_cohort(real_cohort, tmp_path):
 # --------------------------------------------------------------------------- round trip
 
 
-def _image(array: np.ndarray, spacing, origin, direction=None) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    return image
-
-
 @pytest.fixture(scope="module")
 def volumes() -> dict[str, sitk.Image]:
     """A small patient: CT (HU) with a hollow ellipsoidal GTV, two MR sequences on an oblique
@@ -140,21 +132,21 @@ def volumes() -> dict[str, sitk.Image]:
     gtv = ((r <= 1.0) & (inner > 1.0)).astype(np.uint8)  # a hole on the middle slices
     hu = np.where(r <= 1.0, 40, np.where((x - 22) ** 2 + (y - 19) ** 2 < 400, 0, -1000))
     spacing, origin = (1.1, 1.2, 3.0), (-24.0, -20.5, -21.0)
-    ct = _image(hu.astype(np.int16), spacing, origin)
+    ct = image_from_array(hu.astype(np.int16), spacing, origin)
     c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
     direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
-    mr_grid = _image(np.zeros((12, 36, 36), np.float32), (1.4, 1.4, 3.5), (-20.0, -30.0, -19.0),
-                     direction)
+    mr_grid = image_from_array(np.zeros((12, 36, 36), np.float32), (1.4, 1.4, 3.5),
+                               (-20.0, -30.0, -19.0), direction)
     rng = np.random.default_rng(0)
     mr = {}
     for stem in ("t1w", "t2w"):
         values = rng.uniform(0, 900, size=(12, 36, 36)).astype(np.float32)
-        mr[stem] = _image(values, mr_grid.GetSpacing(), mr_grid.GetOrigin(), direction)
-    mr_gtv = sitk.Resample(_image(gtv, spacing, origin), mr_grid, sitk.Transform(),
+        mr[stem] = image_from_array(values, mr_grid.GetSpacing(), mr_grid.GetOrigin(), direction)
+    mr_gtv = sitk.Resample(image_from_array(gtv, spacing, origin), mr_grid, sitk.Transform(),
                            sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     dose = 50.0 * np.exp(-r[::2, ::2, ::2] / 3.0)
-    return {"ct": ct, "gtv": _image(gtv, spacing, origin), **mr, "gtv_t1w": mr_gtv,
-            "dose": _image(dose.astype(np.float32), (2.2, 2.4, 6.0), origin)}
+    return {"ct": ct, "gtv": image_from_array(gtv, spacing, origin), **mr, "gtv_t1w": mr_gtv,
+            "dose": image_from_array(dose.astype(np.float32), (2.2, 2.4, 6.0), origin)}
 
 
 def _export(volumes, folder: Path, **kwargs) -> dict[str, Path]:
@@ -424,7 +416,7 @@ def test_pet_suv_factor_from_bqml_with_decay_to_scan_start():
 
 
 def test_rasterisation_of_a_square_and_a_contour_off_plane(tmp_path):
-    reference = _image(np.zeros((3, 10, 10), np.uint8), (2.0, 2.0, 5.0), (0.0, 0.0, 0.0))
+    reference = image_from_array(np.zeros((3, 10, 10), np.uint8), (2.0, 2.0, 5.0), (0.0, 0.0, 0.0))
     square = np.array([[3.0, 3.0, 5.0], [11.0, 3.0, 5.0], [11.0, 11.0, 5.0], [3.0, 11.0, 5.0]])
     mask, outside = rasterise_contours([square], reference, "X", tmp_path / "rs.dcm")
     array = sitk.GetArrayFromImage(mask)
