@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from .cohort import image_path
 from .cohort_config import COHORT_TOML
 from .dicom import ImportResult, import_dicom_cohort
 from .errors import StsnbError
@@ -26,12 +28,17 @@ from .store import write_text_atomic
 __all__ = [
     "DICE_MIN",
     "GRID_TOLERANCE_MM",
+    "CORTEX_MIN_HU",
     "IDENTITY_MAX_MM",
+    "MIN_CORTEX_VOXELS",
     "NIFTI_NAMES",
     "SAMPLE_REGISTRATION",
+    "Placements",
+    "cortex_check",
     "identity_displacement",
     "import_sample",
     "mask_agreement",
+    "placements",
     "registration_toml",
 ]
 
@@ -43,13 +50,27 @@ GRID_TOLERANCE_MM = 0.1
 #: An MR already in the CT's frame, registered anyway, must move the tumour less than this (mm).
 IDENTITY_MAX_MM = 2.0
 
+#: CT voxels at least this dense (HU) count as cortical bone (or calcification), a signal void
+#: (dark) on T1w and T2w MR.
+CORTEX_MIN_HU = 500.0
+#: CT soft tissue (HU) over which the MR's reference intensity (median) is taken.
+SOFT_TISSUE_HU = (-200.0, 200.0)
+#: The MR's edge (mm) left out of the cortex check: the crops' borders are darkened by resampling.
+MR_EDGE_MM = 5.0
+#: Fewest cortex voxels, inside the MR field of view under both placements, for a verdict.
+MIN_CORTEX_VOXELS = 200
+#: Ratios closer than this (relative) are a tie: the placements are alike around the bone.
+CORTEX_TIE = 0.02
+
 #: The [registration] table written into the sample's cohort.toml (on top of any profile, so
 #: the result does not depend on the profile the book runs with). The series share one frame of
 #: reference, so the scanner position is the only start; the images are cropped 5 cm around the
 #: tumour, so the metric is restricted to the tumour's neighbourhood (rigid_focus_mm). Measured
 #: mean displacement of the CT GTV voxels (mm, P001/P002/P003): whole overlap 1.8/9.8/7.6,
 #: within 20 mm of the GTV 2.4/3.3/10.2 -- Mattes MI between these CT and MR crops has its
-#: optimum millimetres away from the identity, whichever region it is measured on.
+#: optimum millimetres away from the identity, whichever region it is measured on (so do
+#: normalised gradient fields and gradient-magnitude correlation: 3-11 mm), while the bone
+#: (cortex_check) says the identity is right for P001 and P003.
 SAMPLE_REGISTRATION: Mapping[str, Any] = {
     "initialization": "scanner",
     "rigid_z_starts_mm": [0.0],
@@ -165,4 +186,102 @@ def identity_displacement(cohort_dir: str | Path, work_dir: str | Path,
                          "the registration stage first.")
     table = pd.DataFrame(rows)
     table["near_identity"] = table["mean_final_mm"] < IDENTITY_MAX_MM
+    return table
+
+
+def _mr_on_ct(mr: sitk.Image, inside: sitk.Image, ct: sitk.Image,
+              transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
+    """The MR (linear) and its field of view (nearest) on the CT grid through `transform`."""
+    values = sitk.Resample(mr, ct, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    fov = sitk.Resample(inside, ct, transform, sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(values), sitk.GetArrayViewFromImage(fov) > 0
+
+
+@dataclass(frozen=True)
+class Placements:
+    """A patient's CT (HU) and MR on the CT grid, placed by scanner position (identity) and by
+    the saved final registration; arrays are (z, y, x), spacing (x, y, z) in mm."""
+
+    patient_id: str
+    hu: np.ndarray
+    mr: dict[str, np.ndarray]  # identity | final -> MR intensities on the CT grid
+    common: np.ndarray  # inside the MR field of view (less MR_EDGE_MM) under both placements
+    spacing_mm: tuple[float, float, float]
+
+    @property
+    def cortex(self) -> np.ndarray:
+        """CT cortical bone (>= CORTEX_MIN_HU) where both placements have MR data."""
+        return self.common & (self.hu >= CORTEX_MIN_HU)
+
+    @property
+    def tissue(self) -> np.ndarray:
+        """CT soft tissue (SOFT_TISSUE_HU) where both placements have MR data."""
+        low, high = SOFT_TISSUE_HU
+        return self.common & (self.hu >= low) & (self.hu <= high)
+
+
+def placements(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
+               modality: str = "t1w") -> Placements:
+    """The MR of `patient_id` on the CT grid at scanner positions and as registered."""
+    final = Path(work_dir) / "registration" / patient_id / f"transform_{modality}.h5"
+    if not final.is_file():
+        raise StsnbError(f"Patient {patient_id}: no {final} -- run the registration stage first.")
+    ct = sitk.ReadImage(str(image_path(cohort_dir, patient_id, "ct")), sitk.sitkFloat32)
+    mr = sitk.ReadImage(str(image_path(cohort_dir, patient_id, modality)), sitk.sitkFloat32)
+    edge = [max(1, int(round(MR_EDGE_MM / s))) for s in mr.GetSpacing()]
+    inside = sitk.BinaryErode(sitk.Cast(mr > 0, sitk.sitkUInt8), edge)
+    placed = {"identity": _mr_on_ct(mr, inside, ct, sitk.Euler3DTransform()),
+              "final": _mr_on_ct(mr, inside, ct, sitk.ReadTransform(str(final)))}
+    return Placements(patient_id=patient_id, hu=sitk.GetArrayFromImage(ct),
+                      mr={label: values for label, (values, _) in placed.items()},
+                      common=placed["identity"][1] & placed["final"][1],
+                      spacing_mm=tuple(float(s) for s in ct.GetSpacing()))
+
+
+def cortex_check(cohort_dir: str | Path, work_dir: str | Path,
+                 modality: str = "t1w") -> pd.DataFrame:
+    """Which placement of the MR puts its bone on the CT's bone: scanner positions (identity) or
+    the saved final registration (``transform_<modality>.h5``)?
+
+    Cortical bone (CT >= CORTEX_MIN_HU) is a signal void on T1w/T2w. Per patient and placement:
+    the MR's mean over the CT's cortex divided by its median over the CT's soft tissue
+    (SOFT_TISSUE_HU), over CT voxels inside the MR field of view (less MR_EDGE_MM) under both
+    placements; the lower ratio is the better bone alignment (within CORTEX_TIE: either). An
+    anatomical check independent of the mutual information that judged the registration
+    (qa.csv's MI over the whole overlap, in nats, higher = better, shown beside it). With fewer
+    than MIN_CORTEX_VOXELS cortex voxels there is no verdict (no bone in the crop).
+    """
+    cohort_dir, work_dir = Path(cohort_dir), Path(work_dir)
+    qa_path = work_dir / "registration" / "qa.csv"
+    qa = (pd.read_csv(qa_path, dtype={"patient_id": str}).set_index("patient_id")
+          if qa_path.is_file() else pd.DataFrame())
+    rows = []
+    for folder in sorted(p for p in (work_dir / "registration").iterdir() if p.is_dir()):
+        if not (folder / f"transform_{modality}.h5").is_file():
+            continue
+        placed = placements(cohort_dir, work_dir, folder.name, modality)
+        cortex, tissue = placed.cortex, placed.tissue
+        row: dict[str, Any] = {"patient_id": folder.name,
+                               "cortex_voxels": int(np.count_nonzero(cortex))}
+        for label, values in placed.mr.items():
+            row[f"cortex_ratio_{label}"] = (
+                float(values[cortex].mean() / np.median(values[tissue]))
+                if row["cortex_voxels"] and np.count_nonzero(tissue) else float("nan"))
+        for label, column in (("identity", "mi_before"), ("final", "mi_rigid")):
+            row[f"mi_{label}"] = (float(qa.loc[folder.name, column])
+                                  if folder.name in qa.index else float("nan"))
+        rows.append(row)
+    if not rows:
+        raise StsnbError(f"No transform_{modality}.h5 under {work_dir / 'registration'}: run "
+                         "the registration stage first.")
+    table = pd.DataFrame(rows)
+    enough = table["cortex_voxels"] >= MIN_CORTEX_VOXELS
+    identity, final = table["cortex_ratio_identity"], table["cortex_ratio_final"]
+    verdict = np.where(np.isclose(identity, final, rtol=CORTEX_TIE), "either",
+                       np.where(identity < final, "identity", "registered"))
+    table["bone_prefers"] = np.where(enough, verdict, "no bone in the crop")
+    known = table["mi_final"].notna() & table["mi_identity"].notna()
+    table["metric_prefers"] = np.where(
+        known, np.where(table["mi_final"] > table["mi_identity"], "registered", "identity"),
+        "no qa.csv")
     return table

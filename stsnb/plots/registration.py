@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..modalities import DISPLAY_NAMES
+from ..real_cohort import CORTEX_MIN_HU, Placements
 from ..registration.views import PatientViews
 from .images import CT_WINDOW_HU
 
@@ -193,4 +194,28 @@ def metric_history(views: PatientViews) -> Figure:
     if not steps:
         axes[0][0].text(0.5, 0.5, "no iterations recorded", ha="center", va="center")
     fig.suptitle(f"{views.patient_id}: metric per iteration")
+    return fig
+
+
+def cortex_figure(placed: Placements) -> Figure:
+    """The MR at scanner positions and as registered, with the CT's cortical bone outlined, on
+    the axial slice with the most cortex (cortex is dark on T1w/T2w: aligned bone = a dark
+    ring inside the outline)."""
+    counts = placed.cortex.sum(axis=(1, 2))
+    z = int(np.argmax(counts))
+    spacing = placed.spacing_mm
+    shape = placed.hu.shape[1:]
+    extent = (0.0, shape[1] * spacing[0], shape[0] * spacing[1], 0.0)
+    window = mr_window(*(values[z] for values in placed.mr.values()))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), layout="constrained")
+    titles = {"identity": "scanner positions (identity)", "final": "registered"}
+    for ax, (label, values) in zip(axes, placed.mr.items(), strict=True):
+        ax.imshow(normalise(values[z], window), cmap="gray", vmin=0, vmax=1, extent=extent,
+                  interpolation="nearest")
+        _contour(ax, placed.hu[z] >= CORTEX_MIN_HU, extent, "red", "solid")
+        _axes_mm(ax, f"MR, {titles[label]}")
+    axes[1].legend(handles=[Line2D([], [], color="red", label=f"CT >= {CORTEX_MIN_HU:g} HU")],
+                   loc="lower right", fontsize=8, framealpha=0.8)
+    fig.suptitle(f"{placed.patient_id}: the CT's bone on the MR, axial slice {z} "
+                 f"({int(counts[z])} cortex voxels)")
     return fig
