@@ -9,7 +9,9 @@ rasterisation and grids independently.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,21 +22,27 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .cohort import image_path
-from .cohort_config import COHORT_TOML
+from .cohort_config import COHORT_TOML, read_cohort_config
+from .config import Profile
 from .dicom import ImportResult, import_dicom_cohort
 from .errors import StsnbError
+from .registration.rigid import register_rigid
+from .registration.settings import registration_settings
 from .store import write_text_atomic
 
 __all__ = [
     "DICE_MIN",
     "GRID_TOLERANCE_MM",
     "CORTEX_MIN_HU",
+    "FOCUS_VARIANTS_MM",
     "IDENTITY_MAX_MM",
     "MIN_CORTEX_VOXELS",
     "NIFTI_NAMES",
     "SAMPLE_REGISTRATION",
     "Placements",
     "cortex_check",
+    "cortex_ratios",
+    "focus_sensitivity",
     "identity_displacement",
     "import_sample",
     "mask_agreement",
@@ -61,6 +69,9 @@ MR_EDGE_MM = 5.0
 MIN_CORTEX_VOXELS = 200
 #: Ratios closer than this (relative) are a tie: the placements are alike around the bone.
 CORTEX_TIE = 0.02
+
+#: The rigid metric regions compared by focus_sensitivity (rigid_focus_mm, mm; 0 = whole overlap).
+FOCUS_VARIANTS_MM = (0.0, 20.0, 40.0)
 
 #: The [registration] table written into the sample's cohort.toml (on top of any profile, so
 #: the result does not depend on the profile the book runs with). The series share one frame of
@@ -153,6 +164,13 @@ def mask_agreement(cohort_dir: str | Path, sample_dir: str | Path,
     return table
 
 
+def _gtv_points(gtv: sitk.Image) -> np.ndarray:
+    """Physical positions (mm) of the mask's voxels, (n, 3) as x, y, z."""
+    index = np.argwhere(sitk.GetArrayViewFromImage(gtv) > 0)[:, ::-1].astype(float)
+    direction = np.asarray(gtv.GetDirection()).reshape(3, 3)
+    return np.asarray(gtv.GetOrigin()) + (index * np.asarray(gtv.GetSpacing())) @ direction.T
+
+
 def _displacements(transform: sitk.Transform, points: np.ndarray) -> np.ndarray:
     """|T(p) - p| (mm) for each physical point p (rows)."""
     mapped = np.asarray([transform.TransformPoint(p) for p in points.tolist()])
@@ -170,10 +188,7 @@ def identity_displacement(cohort_dir: str | Path, work_dir: str | Path,
         final = folder / f"transform_{modality}.h5"
         if not final.is_file():
             continue
-        gtv = sitk.ReadImage(str(cohort_dir / folder.name / "gtv.nii.gz"))
-        index = np.argwhere(sitk.GetArrayViewFromImage(gtv) > 0)[:, ::-1]  # x, y, z
-        points = np.asarray([gtv.TransformIndexToPhysicalPoint([int(i) for i in idx])
-                             for idx in index])
+        points = _gtv_points(sitk.ReadImage(str(cohort_dir / folder.name / "gtv.nii.gz")))
         row: dict[str, Any] = {"patient_id": folder.name, "gtv_voxels": len(points)}
         for label, path in (("rigid", folder / f"transform_{modality}_rigid.tfm"),
                             ("final", final)):
@@ -220,22 +235,50 @@ class Placements:
         return self.common & (self.hu >= low) & (self.hu <= high)
 
 
+def _placements(ct: sitk.Image, mr: sitk.Image, patient_id: str,
+                transform: sitk.Transform) -> Placements:
+    """`mr` on `ct`'s grid at scanner positions and through `transform` (CT -> MR points)."""
+    edge = [max(1, int(round(MR_EDGE_MM / s))) for s in mr.GetSpacing()]
+    inside = sitk.BinaryErode(sitk.Cast(mr > 0, sitk.sitkUInt8), edge)
+    placed = {"identity": _mr_on_ct(mr, inside, ct, sitk.Euler3DTransform()),
+              "final": _mr_on_ct(mr, inside, ct, transform)}
+    return Placements(patient_id=patient_id, hu=sitk.GetArrayFromImage(ct),
+                      mr={label: values for label, (values, _) in placed.items()},
+                      common=placed["identity"][1] & placed["final"][1],
+                      spacing_mm=tuple(float(s) for s in ct.GetSpacing()))
+
+
+def _read_pair(cohort_dir: str | Path, patient_id: str,
+               modality: str) -> tuple[sitk.Image, sitk.Image]:
+    return (sitk.ReadImage(str(image_path(cohort_dir, patient_id, "ct")), sitk.sitkFloat32),
+            sitk.ReadImage(str(image_path(cohort_dir, patient_id, modality)), sitk.sitkFloat32))
+
+
 def placements(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
                modality: str = "t1w") -> Placements:
     """The MR of `patient_id` on the CT grid at scanner positions and as registered."""
     final = Path(work_dir) / "registration" / patient_id / f"transform_{modality}.h5"
     if not final.is_file():
         raise StsnbError(f"Patient {patient_id}: no {final} -- run the registration stage first.")
-    ct = sitk.ReadImage(str(image_path(cohort_dir, patient_id, "ct")), sitk.sitkFloat32)
-    mr = sitk.ReadImage(str(image_path(cohort_dir, patient_id, modality)), sitk.sitkFloat32)
-    edge = [max(1, int(round(MR_EDGE_MM / s))) for s in mr.GetSpacing()]
-    inside = sitk.BinaryErode(sitk.Cast(mr > 0, sitk.sitkUInt8), edge)
-    placed = {"identity": _mr_on_ct(mr, inside, ct, sitk.Euler3DTransform()),
-              "final": _mr_on_ct(mr, inside, ct, sitk.ReadTransform(str(final)))}
-    return Placements(patient_id=patient_id, hu=sitk.GetArrayFromImage(ct),
-                      mr={label: values for label, (values, _) in placed.items()},
-                      common=placed["identity"][1] & placed["final"][1],
-                      spacing_mm=tuple(float(s) for s in ct.GetSpacing()))
+    ct, mr = _read_pair(cohort_dir, patient_id, modality)
+    return _placements(ct, mr, patient_id, sitk.ReadTransform(str(final)))
+
+
+def cortex_ratios(placed: Placements) -> dict[str, float]:
+    """Per placement (identity, final): the MR's mean over the CT's cortex / its median over the
+    CT's soft tissue (NaN without cortex or soft tissue in the common field of view)."""
+    cortex, tissue = placed.cortex, placed.tissue
+    if not np.count_nonzero(cortex) or not np.count_nonzero(tissue):
+        return {label: float("nan") for label in placed.mr}
+    return {label: float(values[cortex].mean() / np.median(values[tissue]))
+            for label, values in placed.mr.items()}
+
+
+def _verdict(identity: pd.Series, final: pd.Series, voxels: pd.Series) -> np.ndarray:
+    """identity | registered | either (within CORTEX_TIE) | no bone in the crop."""
+    verdict = np.where(np.isclose(identity, final, rtol=CORTEX_TIE), "either",
+                       np.where(identity < final, "identity", "registered"))
+    return np.where(voxels >= MIN_CORTEX_VOXELS, verdict, "no bone in the crop")
 
 
 def cortex_check(cohort_dir: str | Path, work_dir: str | Path,
@@ -260,13 +303,11 @@ def cortex_check(cohort_dir: str | Path, work_dir: str | Path,
         if not (folder / f"transform_{modality}.h5").is_file():
             continue
         placed = placements(cohort_dir, work_dir, folder.name, modality)
-        cortex, tissue = placed.cortex, placed.tissue
+        ratios = cortex_ratios(placed)
         row: dict[str, Any] = {"patient_id": folder.name,
-                               "cortex_voxels": int(np.count_nonzero(cortex))}
-        for label, values in placed.mr.items():
-            row[f"cortex_ratio_{label}"] = (
-                float(values[cortex].mean() / np.median(values[tissue]))
-                if row["cortex_voxels"] and np.count_nonzero(tissue) else float("nan"))
+                               "cortex_voxels": int(np.count_nonzero(placed.cortex)),
+                               "cortex_ratio_identity": ratios["identity"],
+                               "cortex_ratio_final": ratios["final"]}
         for label, column in (("identity", "mi_before"), ("final", "mi_rigid")):
             row[f"mi_{label}"] = (float(qa.loc[folder.name, column])
                                   if folder.name in qa.index else float("nan"))
@@ -275,13 +316,49 @@ def cortex_check(cohort_dir: str | Path, work_dir: str | Path,
         raise StsnbError(f"No transform_{modality}.h5 under {work_dir / 'registration'}: run "
                          "the registration stage first.")
     table = pd.DataFrame(rows)
-    enough = table["cortex_voxels"] >= MIN_CORTEX_VOXELS
-    identity, final = table["cortex_ratio_identity"], table["cortex_ratio_final"]
-    verdict = np.where(np.isclose(identity, final, rtol=CORTEX_TIE), "either",
-                       np.where(identity < final, "identity", "registered"))
-    table["bone_prefers"] = np.where(enough, verdict, "no bone in the crop")
+    table["bone_prefers"] = _verdict(table["cortex_ratio_identity"], table["cortex_ratio_final"],
+                                     table["cortex_voxels"])
     known = table["mi_final"].notna() & table["mi_identity"].notna()
     table["metric_prefers"] = np.where(
         known, np.where(table["mi_final"] > table["mi_identity"], "registered", "identity"),
         "no qa.csv")
+    return table
+
+
+def focus_sensitivity(cohort_dir: str | Path, profile: Profile, modality: str = "t1w",
+                      focus_mm: tuple[float, ...] = FOCUS_VARIANTS_MM,
+                      seed: int = 0) -> pd.DataFrame:
+    """The forced rigid registration of `modality` redone with its metric on different regions
+    (``rigid_focus_mm`` = each of `focus_mm`; 0 = the whole overlap), the cohort's other
+    settings kept: per patient and region, the mean displacement of the CT's GTV voxels (mm)
+    and the bone check of the result. Nothing is written; the work folder is not touched."""
+    cohort_dir = Path(cohort_dir)
+    config = registration_settings(profile, read_cohort_config(cohort_dir), rigid_only=True,
+                                   cohort_dir=cohort_dir)
+    patients = sorted(p.name for p in cohort_dir.iterdir()
+                      if image_path(cohort_dir, p.name, modality).is_file())
+    rows = []
+    for patient_id in patients:
+        ct, mr = _read_pair(cohort_dir, patient_id, modality)
+        gtv = sitk.ReadImage(str(image_path(cohort_dir, patient_id, "gtv")))
+        points = _gtv_points(gtv)
+        for focus in focus_mm:
+            started = time.perf_counter()
+            rigid = register_rigid(ct, mr, dataclasses.replace(config, rigid_focus_mm=focus),
+                                   seed=seed, what=modality, gtv=gtv)
+            placed = _placements(ct, mr, patient_id, rigid.transform)
+            ratios = cortex_ratios(placed)
+            rows.append({"patient_id": patient_id, "rigid_focus_mm": focus,
+                         "mean_displacement_mm": float(
+                             _displacements(rigid.transform, points).mean()),
+                         "cortex_voxels": int(np.count_nonzero(placed.cortex)),
+                         "cortex_ratio_identity": ratios["identity"],
+                         "cortex_ratio_final": ratios["final"],
+                         "seconds": time.perf_counter() - started})
+    if not rows:
+        raise StsnbError(f"No patient with {modality}.nii.gz in {cohort_dir}.")
+    table = pd.DataFrame(rows)
+    table["near_identity"] = table["mean_displacement_mm"] < IDENTITY_MAX_MM
+    table["bone_prefers"] = _verdict(table["cortex_ratio_identity"], table["cortex_ratio_final"],
+                                     table["cortex_voxels"])
     return table

@@ -26,6 +26,7 @@ from stsnb.real_cohort import (
     MIN_CORTEX_VOXELS,
     SAMPLE_REGISTRATION,
     cortex_check,
+    focus_sensitivity,
     identity_displacement,
     import_sample,
     mask_agreement,
@@ -207,3 +208,17 @@ def test_bone_and_metric_on_the_forced_registration(real_run):
 def test_placements_name_the_patient_without_a_transform(real_run, tmp_path):
     with pytest.raises(StsnbError, match="Patient P002: no .*transform_t1w.h5"):
         placements(real_run["cohort"], tmp_path, "P002")
+
+
+def test_focus_sensitivity_reproduces_the_stage_and_leaves_the_work_alone(real_run):
+    """Redone with the cohort's own region (20 mm), the forced registration gives the stage's
+    displacements; the saved transforms are not touched."""
+    saved = real_run["work"] / "registration" / "P003" / "transform_t1w.h5"
+    before = saved.stat().st_mtime_ns
+    table = focus_sensitivity(real_run["cohort"], SMOKE, "t1w", focus_mm=(20.0,))
+    stage = identity_displacement(real_run["cohort"], real_run["work"], "t1w")
+    assert list(table["patient_id"]) == ["P001", "P002", "P003"]
+    assert np.allclose(table["mean_displacement_mm"], stage["mean_final_mm"], atol=1e-3)
+    assert list(table["near_identity"]) == list(stage["near_identity"])
+    assert saved.stat().st_mtime_ns == before
+    assert set(table["bone_prefers"]) <= {"identity", "registered", "either"}
