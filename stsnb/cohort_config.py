@@ -16,7 +16,8 @@ from stsnb.modalities import DEFAULT_MR_REFERENCE, DEFAULT_SAME_FRAME_AS_CT, STU
 __all__ = ["COHORT_TOML", "CohortConfig", "cohort_path", "read_cohort_config"]
 
 COHORT_TOML = "cohort.toml"
-_KEYS = ("modalities", "mr_reference", "same_frame_as_ct", "registration")
+_KEYS = ("modalities", "mr_reference", "same_frame_as_ct", "registered_in_ct_frame",
+         "registration")
 _STEM = re.compile(r"[a-z0-9_]+")
 #: Stems that would collide with the tumour-mask files (gtv.nii.gz, gtv_<modality>.nii.gz).
 _RESERVED = ("gtv", "truth")
@@ -27,13 +28,17 @@ class CohortConfig:
     """A cohort's declared images (file stems, channel order) and registration settings.
 
     ``mr_reference`` is the image registered to the CT first; it is ``""`` only when every
-    declared image is already in the CT's frame. ``registration`` is kept as read; the
+    declared image is already in the CT's frame. ``registered_in_ct_frame`` lists registered
+    images whose series share the CT's frame of reference all the same (registered anyway, e.g.
+    ``import-dicom --register``): the registration QA flags a patient whose registration moves
+    such an image far from its scanner position. ``registration`` is kept as read; the
     registration stage validates it.
     """
 
     modalities: tuple[str, ...] = STUDY_MODALITIES
     mr_reference: str = DEFAULT_MR_REFERENCE
     same_frame_as_ct: tuple[str, ...] = DEFAULT_SAME_FRAME_AS_CT
+    registered_in_ct_frame: tuple[str, ...] = ()
     registration: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -191,6 +196,22 @@ def read_cohort_config(cohort_dir: str | Path) -> CohortConfig:
     else:
         mr_reference = registered[0] if registered else ""
 
+    in_ct_frame: tuple[str, ...] = ()
+    if "registered_in_ct_frame" in data:
+        in_ct_frame = _string_list(path, data, "registered_in_ct_frame")
+        stray = [m for m in in_ct_frame if m not in registered]
+        if stray:
+            raise _fail(
+                path,
+                f"registered_in_ct_frame names {', '.join(repr(m) for m in stray)}, which "
+                f"{'is' if len(stray) == 1 else 'are'} not registered (registered: "
+                f"{registered}).",
+                "list only declared images that are neither the CT nor in same_frame_as_ct.",
+            )
+        if len(set(in_ct_frame)) != len(in_ct_frame):
+            raise _fail(path, "registered_in_ct_frame lists an image twice.",
+                        "list each image once.")
+
     registration = data.get("registration", {})
     if not isinstance(registration, dict):
         raise _fail(
@@ -202,5 +223,6 @@ def read_cohort_config(cohort_dir: str | Path) -> CohortConfig:
         modalities=tuple(modalities),
         mr_reference=mr_reference,
         same_frame_as_ct=tuple(same_frame),
+        registered_in_ct_frame=in_ct_frame,
         registration=MappingProxyType(dict(registration)),
     )

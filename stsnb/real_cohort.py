@@ -26,6 +26,7 @@ from .cohort_config import COHORT_TOML, read_cohort_config
 from .config import Profile
 from .dicom import ImportResult, import_dicom_cohort
 from .errors import StsnbError
+from .registration.measures import displacements_mm, mask_points_mm
 from .registration.rigid import register_rigid
 from .registration.settings import registration_settings
 from .store import write_text_atomic
@@ -165,19 +166,6 @@ def mask_agreement(cohort_dir: str | Path, sample_dir: str | Path,
     return table
 
 
-def _gtv_points(gtv: sitk.Image) -> np.ndarray:
-    """Physical positions (mm) of the mask's voxels, (n, 3) as x, y, z."""
-    index = np.argwhere(sitk.GetArrayViewFromImage(gtv) > 0)[:, ::-1].astype(float)
-    direction = np.asarray(gtv.GetDirection()).reshape(3, 3)
-    return np.asarray(gtv.GetOrigin()) + (index * np.asarray(gtv.GetSpacing())) @ direction.T
-
-
-def _displacements(transform: sitk.Transform, points: np.ndarray) -> np.ndarray:
-    """|T(p) - p| (mm) for each physical point p (rows)."""
-    mapped = np.asarray([transform.TransformPoint(p) for p in points.tolist()])
-    return np.linalg.norm(mapped - points, axis=1)
-
-
 def identity_displacement(cohort_dir: str | Path, work_dir: str | Path,
                           modality: str = "t1w") -> pd.DataFrame:
     """Per patient: how far the saved CT -> `modality` transforms (rigid and final) move the
@@ -189,11 +177,11 @@ def identity_displacement(cohort_dir: str | Path, work_dir: str | Path,
         final = folder / f"transform_{modality}.h5"
         if not final.is_file():
             continue
-        points = _gtv_points(sitk.ReadImage(str(cohort_dir / folder.name / "gtv.nii.gz")))
+        points = mask_points_mm(sitk.ReadImage(str(cohort_dir / folder.name / "gtv.nii.gz")))
         row: dict[str, Any] = {"patient_id": folder.name, "gtv_voxels": len(points)}
         for label, path in (("rigid", folder / f"transform_{modality}_rigid.tfm"),
                             ("final", final)):
-            distances = _displacements(sitk.ReadTransform(str(path)), points)
+            distances = displacements_mm(sitk.ReadTransform(str(path)), points)
             row[f"mean_{label}_mm"] = float(distances.mean())
             row[f"max_{label}_mm"] = float(distances.max())
         rows.append(row)
@@ -342,7 +330,7 @@ def focus_sensitivity(cohort_dir: str | Path, profile: Profile, modality: str = 
     for patient_id in patients:
         ct, mr = _read_pair(cohort_dir, patient_id, modality)
         gtv = sitk.ReadImage(str(image_path(cohort_dir, patient_id, "gtv")))
-        points = _gtv_points(gtv)
+        points = mask_points_mm(gtv)
         for focus in focus_mm:
             started = time.perf_counter()
             rigid = register_rigid(ct, mr, dataclasses.replace(config, rigid_focus_mm=focus),
@@ -351,7 +339,7 @@ def focus_sensitivity(cohort_dir: str | Path, profile: Profile, modality: str = 
             ratios = cortex_ratios(placed)
             rows.append({"patient_id": patient_id, "rigid_focus_mm": focus,
                          "mean_displacement_mm": float(
-                             _displacements(rigid.transform, points).mean()),
+                             displacements_mm(rigid.transform, points).mean()),
                          "cortex_voxels": int(np.count_nonzero(placed.cortex)),
                          "cortex_ratio_identity": ratios["identity"],
                          "cortex_ratio_final": ratios["final"],

@@ -395,6 +395,14 @@ def test_all_images_in_ct_frame_leaves_no_mr_reference(cohort):
     assert config.mr_reference == "" and config.registered == ()
 
 
+def test_registered_in_ct_frame_is_read_and_defaults_to_none(cohort):
+    assert read_cohort_config(cohort).registered_in_ct_frame == ()
+    write_toml(cohort, 'registered_in_ct_frame = ["t2w", "t1w"]\n')
+    config = read_cohort_config(cohort)
+    assert config.registered_in_ct_frame == ("t2w", "t1w")
+    assert set(config.registered_in_ct_frame) <= set(config.registered)
+
+
 @pytest.mark.parametrize(
     ("toml", "words"),
     [
@@ -413,6 +421,10 @@ def test_all_images_in_ct_frame_leaves_no_mr_reference(cohort):
         ('same_frame_as_ct = ["pet"]\n', ["'pet'", "not in modalities"]),
         ('same_frame_as_ct = ["ct", "dose"]\n', ["'ct'"]),
         ("registration = 3\n", ["'registration' must be a table"]),
+        ('registered_in_ct_frame = ["dose"]\n', ["'dose'", "not registered"]),
+        ('registered_in_ct_frame = ["ct"]\n', ["'ct'", "not registered"]),
+        ('registered_in_ct_frame = ["t2w", "t2w"]\n', ["registered_in_ct_frame", "twice"]),
+        ('registered_in_ct_frame = "t2w"\n', ["list of strings"]),
     ],
 )
 def test_config_errors_name_cohort_toml(cohort, toml, words):

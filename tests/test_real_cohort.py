@@ -92,6 +92,7 @@ def test_the_cohort_declares_the_t1w_registered_with_its_own_settings(real_run):
     config = read_cohort_config(real_run["cohort"])
     assert config.modalities == ("ct", "t1w", "pet")
     assert config.registered == ("t1w",) and config.same_frame_as_ct == ("pet",)
+    assert config.registered_in_ct_frame == ("t1w",)  # shares the CT's frame, registered anyway
     for profile in (SMOKE, QUICK):  # the cohort's settings win over the profile's
         settings = registration_settings(profile, config, cohort_dir=real_run["cohort"])
         for key, value in SAMPLE_REGISTRATION.items():
@@ -222,3 +223,19 @@ def test_focus_sensitivity_reproduces_the_stage_and_leaves_the_work_alone(real_r
     assert list(table["near_identity"]) == list(stage["near_identity"])
     assert saved.stat().st_mtime_ns == before
     assert set(table["bone_prefers"]) <= {"identity", "registered", "either"}
+
+
+def test_the_qa_flags_the_t1w_moved_off_the_ct_frame(real_run):
+    """The T1w shares the CT's frame (registered_in_ct_frame): the QA measures how far the
+    registration moved the tumour and flags every patient moved more than 2 mm."""
+    qa = real_run["run"].qa.set_index("patient_id")
+    stage = identity_displacement(real_run["cohort"], real_run["work"], "t1w").set_index(
+        "patient_id")
+    assert np.allclose(qa["ct_frame_shift_mm"], stage["mean_final_mm"], atol=0.1)
+    assert np.allclose(qa["gtv_shift_mm"], qa["ct_frame_shift_mm"])  # the t1w is the reference
+    assert (qa["ct_frame_image"] == "t1w").all()
+    moved = stage["mean_final_mm"] > IDENTITY_MAX_MM
+    for patient_id, far in moved.items():
+        reason = qa.loc[patient_id, "flag_reason"]
+        assert ("t1w shares the CT's frame but was moved" in reason) is bool(far), reason
+        assert qa.loc[patient_id, "flagged"] or not far

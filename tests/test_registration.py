@@ -34,7 +34,12 @@ from stsnb.registration import (
     run_registration,
 )
 from stsnb.registration.inputs import patient_inputs
-from stsnb.registration.measures import landmark_errors, read_landmarks
+from stsnb.registration.measures import (
+    displacements_mm,
+    landmark_errors,
+    mask_points_mm,
+    read_landmarks,
+)
 from stsnb.registration.patient import register_patient
 from stsnb.registration.qa import qa_table
 
@@ -274,6 +279,11 @@ def test_known_rigid_offset_and_deformation_recovered_within_2_mm(cohort: Path, 
     assert qa["dice_deformable"] > 0.85 and qa["dice_deformable"] >= qa["dice_rigid"] - 0.01
     assert qa["min_jacobian"] > 0.0
     assert qa["mi_deformable"] > qa["mi_rigid"] > qa["mi_before"]
+    # the tumour shift is the known offset over the GTV (the final map moves it that far)
+    gtv = sitk.ReadImage(str(cohort / "PH01" / "gtv.nii.gz"))
+    known = displacements_mm(final, mask_points_mm(gtv)).mean()
+    assert qa["gtv_shift_mm"] == pytest.approx(known, abs=0.1) and qa["gtv_shift_mm"] > 8.0
+    assert math.isnan(qa["ct_frame_shift_mm"]) and qa["ct_frame_image"] == ""
     mr = sitk.ReadImage(str(cohort / "PH01" / "t1w.nii.gz"))
     assert not np.allclose(mr.GetDirection(), np.eye(3).ravel(), atol=0.05)  # oblique input
 
@@ -521,3 +531,17 @@ def test_registration_config_profiles_are_valid() -> None:
     for profile in (SMOKE, QUICK):
         registration_settings(profile)
     assert isinstance(SMOKE.registration, RegistrationConfig)
+
+
+@pytest.mark.parametrize(("shift", "flagged"), [(2.6, True), (1.5, False), (math.nan, False)])
+def test_an_image_in_the_ct_frame_moved_far_is_flagged(shift, flagged):
+    row = {"patient_id": "P001", "dice_rigid": 0.95, "tre_rigid_mm": 1.0, "mi_before": 0.5,
+           "mi_rigid": 0.6, "gtv_in_mr_fov": 1.0, "gtv_touches_edge": False,
+           "scanner_overlap": True, "deformable": False,
+           "gtv_shift_mm": shift, "ct_frame_shift_mm": shift,
+           "ct_frame_image": "t1w" if shift == shift else ""}
+    table = qa_table([row])
+    assert bool(table.loc[0, "flagged"]) is flagged
+    if flagged:
+        reason = "t1w shares the CT's frame but was moved 2.6 mm > 2 mm"
+        assert table.loc[0, "flag_reason"] == reason

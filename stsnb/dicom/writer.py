@@ -46,6 +46,7 @@ class ImportResult:
     modalities: tuple[str, ...]
     same_frame_as_ct: tuple[str, ...]
     unmatched_clinical_rows: int
+    registered_in_ct_frame: tuple[str, ...] = ()
 
 
 def pseudonym(index: int, n_patients: int) -> str:
@@ -81,12 +82,13 @@ def _check_output(out: Path, source: Path, id_map: Path | None, overwrite: bool)
 
 
 def _frames(results: list[PatientImport], register: Sequence[str]
-            ) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
-    """(modalities, same_frame_as_ct, notes) from the images of every patient."""
+            ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], list[str]]:
+    """(modalities, same_frame_as_ct, registered_in_ct_frame, notes) from the images of every
+    patient."""
     found = {stem for r in results for stem in r.images}
     modalities = tuple(m for m in KNOWN_MODALITIES if m in found)
     notes = []
-    same = []
+    same, in_frame = [], []
     for stem in modalities:
         if stem == "ct":
             continue
@@ -94,6 +96,8 @@ def _frames(results: list[PatientImport], register: Sequence[str]
         if stem in register:
             notes.append(f"{stem}: registered to the CT (--register) although "
                          f"{labels.count('ct')} of {len(labels)} share its frame.")
+            if labels and all(label == "ct" for label in labels):
+                in_frame.append(stem)
         elif all(label == "ct" for label in labels):
             same.append(stem)
         elif any(label == "ct" for label in labels):
@@ -102,13 +106,14 @@ def _frames(results: list[PatientImport], register: Sequence[str]
     missing = [f"{r.patient_id} lacks {', '.join(m for m in modalities if m not in r.images)}"
                for r in results if any(m not in r.images for m in modalities)]
     notes += [f"{m} (curation excludes the patient)" for m in missing]
-    return modalities, tuple(same), notes
+    return modalities, tuple(same), tuple(in_frame), notes
 
 
-def _cohort_toml(modalities: Sequence[str], same_frame: Sequence[str]) -> str:
+def _cohort_toml(modalities: Sequence[str], same_frame: Sequence[str],
+                 in_frame: Sequence[str] = ()) -> str:
     def listing(items: Sequence[str]) -> str:
         return "[" + ", ".join(json.dumps(i) for i in items) + "]"
-    return (
+    text = (
         "# Written by `python -m stsnb import-dicom` from the DICOM series found\n"
         "# (import_report.csv says which series became which image).\n"
         f"modalities = {listing(modalities)}\n"
@@ -116,6 +121,14 @@ def _cohort_toml(modalities: Sequence[str], same_frame: Sequence[str]) -> str:
         "# (not registered; the dose always belongs here).\n"
         f"same_frame_as_ct = {listing(same_frame)}\n"
     )
+    if in_frame:
+        text += (
+            "# Images that share the CT's frame in every patient but are registered anyway\n"
+            "# (--register): the registration QA flags a patient whose registration moves one\n"
+            "# of them far from its scanner position.\n"
+            f"registered_in_ct_frame = {listing(in_frame)}\n"
+        )
+    return text
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:
@@ -168,7 +181,7 @@ def import_dicom_cohort(
             keys.setdefault(key, pid)
         id_rows.append({"patient_id": pid, "source_folder": folder.name,
                         "dicom_patient_id": ";".join(result.dicom_ids)})
-    modalities, same_frame, notes = _frames(results, register)
+    modalities, same_frame, in_frame, notes = _frames(results, register)
     if len(modalities) < 3:
         raise CohortError(
             f"only {', '.join(modalities)} found across the patients; the suite needs at least "
@@ -190,7 +203,8 @@ def import_dicom_cohort(
             rows += result.rows
         rows += [{"patient_id": "", "kind": "note", "status": "info", "detail": n}
                  for n in notes]
-        (tmp / COHORT_TOML).write_text(_cohort_toml(modalities, same_frame), encoding="utf-8")
+        (tmp / COHORT_TOML).write_text(_cohort_toml(modalities, same_frame, in_frame),
+                                       encoding="utf-8")
         unmatched: list[str] = []
         if cmap is not None:
             table, unmatched = map_clinical(clinical, cmap, keys)  # type: ignore[arg-type]
@@ -209,6 +223,7 @@ def import_dicom_cohort(
             "patients": len(results),
             "modalities": list(modalities),
             "same_frame_as_ct": list(same_frame),
+            "registered_in_ct_frame": list(in_frame),
             "roi_pattern": mapping.roi,
             "import_map": mapping.source.name if mapping.source else None,
             "clinical_map": cmap.path.name if cmap is not None else None,
@@ -229,4 +244,5 @@ def import_dicom_cohort(
         id_map.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(id_rows).to_csv(id_map, index=False)
     return ImportResult(cohort_dir=out, report=report, modalities=modalities,
-                        same_frame_as_ct=same_frame, unmatched_clinical_rows=len(unmatched))
+                        same_frame_as_ct=same_frame, unmatched_clinical_rows=len(unmatched),
+                        registered_in_ct_frame=in_frame)

@@ -28,6 +28,7 @@ class PatientInputs:
     contour: Path | None  # a tumour contour in a registered image's frame (QA only)
     contour_modality: str | None  # which image's frame that contour is drawn in
     landmarks: Path | None  # landmark pairs CT <-> reference MR (QA only)
+    in_ct_frame: tuple[str, ...] = ()  # registered images whose series share the CT's frame
 
     def files(self) -> list[Path]:
         """Every file read (their content hashes key the stage's record)."""
@@ -69,4 +70,5 @@ def patient_inputs(cohort_dir: str | Path, patient_id: str,
         reference=config.mr_reference, registered=registered, same_frame=same_frame,
         contour=contour, contour_modality=contour_modality,
         landmarks=landmarks if landmarks.is_file() else None,
+        in_ct_frame=tuple(m for m in config.registered_in_ct_frame if m in registered),
     )

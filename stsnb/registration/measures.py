@@ -1,4 +1,5 @@
-"""QA measures of a registration: Dice of a propagated contour, landmark TRE, mutual information."""
+"""QA measures of a registration: Dice of a propagated contour, landmark TRE, mutual information,
+how far it moves the tumour."""
 
 from __future__ import annotations
 
@@ -24,6 +25,33 @@ def propagate_contour(mask: sitk.Image, reference: sitk.Image,
     soft = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkFloat32), reference, transform,
                          sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.Cast(soft >= 0.5, sitk.sitkUInt8)
+
+
+def mask_points_mm(mask: sitk.Image, max_points: int | None = None) -> np.ndarray:
+    """Physical positions (mm, x y z) of the mask's non-zero voxels, (n, 3); with `max_points`,
+    an even subsample of at most that many (every k-th voxel in array order)."""
+    index = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)
+    if max_points is not None and len(index) > max_points:
+        index = index[:: int(np.ceil(len(index) / max_points))]
+    direction = np.asarray(mask.GetDirection()).reshape(3, 3)
+    return np.asarray(mask.GetOrigin()) + (index * np.asarray(mask.GetSpacing())) @ direction.T
+
+
+def displacements_mm(transform: sitk.Transform, points: np.ndarray) -> np.ndarray:
+    """|T(p) - p| (mm) for each physical point p (rows)."""
+    mapped = np.asarray([transform.TransformPoint(p) for p in points.tolist()])
+    return np.linalg.norm(mapped - points, axis=1) if len(points) else np.zeros(0)
+
+
+#: GTV voxels sampled for the tumour shift in the QA table.
+SHIFT_POINTS = 2000
+
+
+def tumour_shift_mm(transform: sitk.Transform, gtv: sitk.Image) -> float:
+    """Mean distance (mm) the transform moves the CT's GTV voxels from their scanner positions
+    (up to SHIFT_POINTS of them, evenly sampled); NaN for an empty mask."""
+    distances = displacements_mm(transform, mask_points_mm(gtv, SHIFT_POINTS))
+    return float(distances.mean()) if distances.size else float("nan")
 
 
 def dice(a: sitk.Image, b: sitk.Image) -> float:

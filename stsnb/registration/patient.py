@@ -31,6 +31,7 @@ from .measures import (
     mutual_information,
     propagate_contour,
     read_landmarks,
+    tumour_shift_mm,
 )
 from .rigid import (
     RigidResult,
@@ -201,6 +202,11 @@ def _measure(inputs, ct, gtv, mr, rigid, deformable, deformation, rigid_transfor
     for name, transform in mi.items():
         qa[name] = math.nan if transform is None else mutual_information(
             fixed, moving, transform, config.mi_histogram_bins, 0.2, seed)
+    qa["gtv_shift_mm"] = tumour_shift_mm(transforms[ref], gtv)
+    shifts = {m: tumour_shift_mm(transforms[m], gtv) for m in inputs.in_ct_frame}
+    moved = max(shifts, key=shifts.__getitem__) if shifts else ""
+    qa["ct_frame_shift_mm"] = shifts[moved] if moved else math.nan
+    qa["ct_frame_image"] = moved
     qa["gtv_in_mr_fov"] = _gtv_coverage(mr[ref], gtv, resampling[ref])
     qa["gtv_touches_edge"] = touches_edge(gtv)
     qa["initialization"] = rigid.initialization

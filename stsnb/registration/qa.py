@@ -12,7 +12,13 @@ A patient is flagged when any of these holds (the reasons are listed in ``flag_r
 - less than ``min_gtv_in_mr_fov`` (99%) of the CT GTV inside the registered MR field of view;
 - the GTV touches the edge of the CT volume (the tumour may be cut off);
 - the MR did not overlap the CT in scanner coordinates (the image centres were aligned instead);
-- the deformable step failed (the rigid result is kept).
+- the deformable step failed (the rigid result is kept);
+- an image that shares the CT's frame of reference but is registered anyway (cohort.toml's
+  ``registered_in_ct_frame``) moved the GTV voxels by more than ``max_ct_frame_shift_mm`` (2 mm)
+  on average: such an image should need nearly no registration.
+
+``gtv_shift_mm`` says for every patient how far (mean, mm) the final transform moves the CT's
+GTV voxels from their scanner positions in the reference MR.
 
 Measures that cannot be computed (no reference contour, no landmarks) are empty and flag nothing.
 """
@@ -30,7 +36,8 @@ QA_COLUMNS = ("patient_id", "dice_rigid", "dice_deformable", "tre_rigid_mm", "tr
 #: Further columns, after those.
 EXTRA_COLUMNS = ("flag_reason", "mi_before", "mi_rigid", "mi_deformable", "tre_max_rigid_mm",
                  "tre_max_deformable_mm", "n_landmarks", "max_displacement_mm", "gtv_in_mr_fov",
-                 "gtv_touches_edge", "initialization", "scanner_overlap", "deformable",
+                 "gtv_touches_edge", "gtv_shift_mm", "ct_frame_shift_mm", "ct_frame_image",
+                 "initialization", "scanner_overlap", "deformable",
                  "deformable_error", "mr_reference", "reference_contour", "seconds_rigid",
                  "seconds_deformable", "seconds_registration")
 
@@ -45,6 +52,7 @@ class QAThresholds:
     max_displacement_mm: float = 20.0
     max_dice_drop: float = 0.05
     min_gtv_in_mr_fov: float = 0.99
+    max_ct_frame_shift_mm: float = 2.0
 
     def as_table(self) -> pd.DataFrame:
         """(threshold, value) rows for the chapter."""
@@ -87,6 +95,10 @@ def flag_reasons(row: pd.Series, limits: QAThresholds) -> list[str]:
     failed = row.get("deformable_error", "")
     if isinstance(failed, str) and failed:
         reasons.append(f"deformable step failed, rigid result kept ({failed[:120]})")
+    shift = row.get("ct_frame_shift_mm", math.nan)
+    if pd.notna(shift) and shift > limits.max_ct_frame_shift_mm:
+        reasons.append(f"{row.get('ct_frame_image', '')} shares the CT's frame but was moved "
+                       f"{shift:.1f} mm > {limits.max_ct_frame_shift_mm:g} mm")
     if not bool(row.get("scanner_overlap", True)):
         reasons.append("MR did not overlap the CT in scanner coordinates (centres aligned)")
     return reasons
@@ -110,9 +122,12 @@ def read_qa(path) -> pd.DataFrame:
     """Read qa.csv with its types (patient_id str, flagged bool, flag_reason str)."""
     table = pd.read_csv(path, dtype={"patient_id": str, "flag_reason": str,
                                      "reference_contour": str, "initialization": str,
-                                     "deformable_error": str})
+                                     "deformable_error": str, "ct_frame_image": str})
+    for column in QA_COLUMNS + EXTRA_COLUMNS:  # written before a column existed
+        if column not in table.columns:
+            table[column] = "" if column == "ct_frame_image" else math.nan
     table["flag_reason"] = table["flag_reason"].fillna("")
-    for column in ("reference_contour", "deformable_error"):
+    for column in ("reference_contour", "deformable_error", "ct_frame_image"):
         table[column] = table[column].fillna("").astype(str)
     for column in ("flagged", "gtv_touches_edge", "scanner_overlap", "deformable"):
         table[column] = table[column].astype(bool)
@@ -155,7 +170,7 @@ def qa_summary(table: pd.DataFrame) -> pd.DataFrame:
 DISPLAY_COLUMNS = ("patient_id", "flagged", "flag_reason", "dice_rigid", "dice_deformable",
                    "tre_rigid_mm", "tre_deformable_mm", "tre_max_deformable_mm", "mi_before",
                    "mi_rigid", "mi_deformable", "min_jacobian", "max_displacement_mm",
-                   "gtv_in_mr_fov", "initialization", "seconds")
+                   "gtv_in_mr_fov", "gtv_shift_mm", "initialization", "seconds")
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:

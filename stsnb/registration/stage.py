@@ -46,7 +46,7 @@ from .settings import registration_settings
 
 STAGE = "registration"
 #: Bumped whenever the algorithm changes what it writes (invalidates every record).
-REGISTRATION_VERSION = 1
+REGISTRATION_VERSION = 2  # 2: the QA row holds the tumour shift (gtv_shift_mm, ct_frame_shift_mm)
 RECORD = "record.json"
 
 
@@ -79,7 +79,7 @@ def _settings_key(config: RegistrationConfig) -> dict[str, Any]:
 
 def patient_key(inputs: PatientInputs, config: RegistrationConfig, seed: int) -> dict[str, Any]:
     """What makes one patient's outputs: input file hashes, settings, seed, code version."""
-    return {
+    key = {
         "stage": STAGE,
         "version": REGISTRATION_VERSION,
         "patient_id": inputs.patient_id,
@@ -90,6 +90,9 @@ def patient_key(inputs: PatientInputs, config: RegistrationConfig, seed: int) ->
         "same_frame": list(inputs.same_frame),
         "seed": int(seed),
     }
+    if inputs.in_ct_frame:  # left out when empty: earlier records stay valid
+        key["in_ct_frame"] = list(inputs.in_ct_frame)
+    return key
 
 
 def _write_image(image: sitk.Image, path: Path) -> Path:
