@@ -76,6 +76,14 @@ def _string_list(path: Path, data: dict, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _image_list(path: Path, data: dict, key: str) -> tuple[str, ...]:
+    """A list of image stems, each listed once."""
+    images = _string_list(path, data, key)
+    if len(set(images)) != len(images):
+        raise _fail(path, f"{key} lists an image twice.", "list each image once.")
+    return images
+
+
 def read_cohort_config(cohort_dir: str | Path) -> CohortConfig:
     """Read and validate ``<cohort_dir>/cohort.toml``; the study's defaults when it is absent.
 
@@ -149,7 +157,7 @@ def read_cohort_config(cohort_dir: str | Path) -> CohortConfig:
         )
 
     if "same_frame_as_ct" in data:
-        same_frame = _string_list(path, data, "same_frame_as_ct")
+        same_frame = _image_list(path, data, "same_frame_as_ct")
         undeclared = [m for m in same_frame if m not in modalities]
         if undeclared:
             raise _fail(
@@ -164,8 +172,6 @@ def read_cohort_config(cohort_dir: str | Path) -> CohortConfig:
                 "same_frame_as_ct contains 'ct', the reference frame itself.",
                 "list only the other images that share the CT's frame (e.g. dose, pet).",
             )
-        if len(set(same_frame)) != len(same_frame):
-            raise _fail(path, "same_frame_as_ct lists an image twice.", "list each image once.")
     else:
         same_frame = tuple(m for m in DEFAULT_SAME_FRAME_AS_CT if m in modalities)
 
@@ -198,7 +204,7 @@ def read_cohort_config(cohort_dir: str | Path) -> CohortConfig:
 
     in_ct_frame: tuple[str, ...] = ()
     if "registered_in_ct_frame" in data:
-        in_ct_frame = _string_list(path, data, "registered_in_ct_frame")
+        in_ct_frame = _image_list(path, data, "registered_in_ct_frame")
         stray = [m for m in in_ct_frame if m not in registered]
         if stray:
             raise _fail(
@@ -208,9 +214,6 @@ def read_cohort_config(cohort_dir: str | Path) -> CohortConfig:
                 f"{registered}).",
                 "list only declared images that are neither the CT nor in same_frame_as_ct.",
             )
-        if len(set(in_ct_frame)) != len(in_ct_frame):
-            raise _fail(path, "registered_in_ct_frame lists an image twice.",
-                        "list each image once.")
 
     registration = data.get("registration", {})
     if not isinstance(registration, dict):

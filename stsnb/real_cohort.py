@@ -27,6 +27,7 @@ from .config import Profile
 from .dicom import ImportResult, import_dicom_cohort
 from .errors import StsnbError
 from .registration.measures import displacements_mm, mask_points_mm
+from .registration.qa import read_qa
 from .registration.rigid import register_rigid
 from .registration.settings import registration_settings
 from .store import write_text_atomic
@@ -285,8 +286,7 @@ def cortex_check(cohort_dir: str | Path, work_dir: str | Path,
     """
     cohort_dir, work_dir = Path(cohort_dir), Path(work_dir)
     qa_path = work_dir / "registration" / "qa.csv"
-    qa = (pd.read_csv(qa_path, dtype={"patient_id": str}).set_index("patient_id")
-          if qa_path.is_file() else pd.DataFrame())
+    qa = read_qa(qa_path).set_index("patient_id") if qa_path.is_file() else pd.DataFrame()
     rows = []
     for folder in sorted(p for p in (work_dir / "registration").iterdir() if p.is_dir()):
         if not (folder / f"transform_{modality}.h5").is_file():

@@ -79,7 +79,7 @@ def _settings_key(config: RegistrationConfig) -> dict[str, Any]:
 
 def patient_key(inputs: PatientInputs, config: RegistrationConfig, seed: int) -> dict[str, Any]:
     """What makes one patient's outputs: input file hashes, settings, seed, code version."""
-    key = {
+    return {
         "stage": STAGE,
         "version": REGISTRATION_VERSION,
         "patient_id": inputs.patient_id,
@@ -88,11 +88,9 @@ def patient_key(inputs: PatientInputs, config: RegistrationConfig, seed: int) ->
         "mr_reference": inputs.reference,
         "registered": list(inputs.registered),
         "same_frame": list(inputs.same_frame),
+        "in_ct_frame": list(inputs.in_ct_frame),
         "seed": int(seed),
     }
-    if inputs.in_ct_frame:  # left out when empty: earlier records stay valid
-        key["in_ct_frame"] = list(inputs.in_ct_frame)
-    return key
 
 
 def _write_image(image: sitk.Image, path: Path) -> Path:
