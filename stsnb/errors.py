@@ -42,3 +42,7 @@ class CohortError(LocatedError):
 
 class ConfigError(StsnbError, ValueError):
     """A parameter (profile, combination, split, device, weights, ...) out of its allowed set."""
+
+
+class WeightsError(ConfigError):
+    """Weights that cannot be used: missing file, wrong hash, not the network's state dict."""

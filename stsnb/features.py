@@ -1,4 +1,4 @@
-"""Frozen VGG-19 features, computed once per (combination, slice) and cached on disk.
+"""Frozen VGG features (VGG-19 or VGG-16, as resolved), computed once per slice and cached.
 
 The convolutions are frozen and there is no augmentation, so a slice's convolutional features
 (VGG features + 7x7 average pool, 25088 numbers at any input size) never change during training:
@@ -144,10 +144,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def feature_key(source: SliceSource, channels: Sequence[str], bundle: ModelBundle,
                 precision: str) -> dict[str, Any]:
     """Everything the cached numbers depend on."""
-    return {"kind": "vgg19 features+avgpool", "store": source.key_hash,
+    weights = bundle.weights
+    return {"kind": f"{weights.backbone} features+avgpool", "store": source.key_hash,
             "channels": list(channels), "input_px": int(source.input_px),
-            "weights": bundle.weights.identity(), "precision": precision,
-            "transform": "imagenet mean/std on [0, 1]", "software": software_key("features")}
+            "weights": weights.identity(), "precision": precision,
+            "transform": weights.transform, "software": software_key("features")}
 
 
 def compute_features(source: SliceSource, rows: np.ndarray, channels: Sequence[str],
@@ -219,7 +220,8 @@ def cached_features(source: SliceSource, work_dir: str | Path, channels: Sequenc
     if missing:
         n_rows = sum(len(where) for _, where in missing)
         require_free_space(root.parent, feature_bytes(n_rows, precision),
-                           f"the VGG-19 features of {len(missing)} patients ({n_rows} slices)")
+                           f"the {bundle.weights.backbone} features of {len(missing)} patients "
+                           f"({n_rows} slices)")
         prepare_backbone(bundle, device, precision)
     bar = tqdm(total=len(missing), desc="features", unit="patient", disable=not progress,
                leave=False)

@@ -1,4 +1,4 @@
-"""Stage 06: Grad-CAM on VGG-19's last convolutional layer, and how much of it lies in the GTV.
+"""Stage 06: Grad-CAM on the backbone's last convolutional layer, and how much of it lies in the GTV.
 
 Maps come from the grad-cam package (pytorch-grad-cam) on each fold's own network and that
 fold's test slices, for the class the network predicted for the slice (what drove its decision;
@@ -47,7 +47,8 @@ class _NormalizedInput(nn.Module):
 
 
 def last_conv_layer(model: nn.Module) -> nn.Conv2d:
-    """VGG-19's last convolutional layer (`features[34]`, 512 channels, 14 x 14 at 224 px)."""
+    """The backbone's last convolution (VGG-19 `features[34]`, VGG-16 `features[28]`; 14 x 14
+    at 224 px), found by type, not by index."""
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     if not convs:
         raise StsnbError("The model has no convolutional layer for Grad-CAM.")

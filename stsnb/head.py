@@ -19,6 +19,7 @@ and the other layers (a few MB plus 67 MB), and `dense_classifier_state` rebuild
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -147,3 +148,66 @@ def dense_classifier_state(stored: dict[str, torch.Tensor], first_weight: torch.
     state["0.weight"] = torch.addmm(first_weight.float(), stored["coef"].float(),
                                     train_features.float())
     return state
+
+
+#: How the frozen features are scaled before the head: 'none' keeps them as they are (the
+#: study's ImageNet VGG-19, the study's settings untouched); 'standardize' z-scores each feature
+#: with its mean and SD over the fold's training slices (other weight sources, whose features
+#: differ from ImageNet VGG's in scale by orders of magnitude: see `feature_scale`).
+SCALINGS = ("none", "standardize")
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """x' = (x - mean) * scale per feature, fitted on one fold's training slices only."""
+
+    mean: torch.Tensor | None = None  # (25088,) feature units; None = identity
+    scale: torch.Tensor | None = None  # (25088,) 1 / SD, 0 where the SD is 0 in training
+
+    @classmethod
+    def fit(cls, train_features: torch.Tensor, mode: str) -> InputScaling:
+        """The scaling `mode` fitted on the training rows (n_train, 25088)."""
+        if mode == "none":
+            return cls()
+        if mode != "standardize":
+            raise ValueError(f"Unknown feature scaling {mode!r}: expected one of {SCALINGS}.")
+        wide = train_features.double()
+        mean = wide.mean(0)
+        sd = wide.std(0, unbiased=False)
+        scale = torch.where(sd > 1e-12 * (1.0 + mean.abs()), 1.0 / sd, torch.zeros_like(sd))
+        return cls(mean.to(train_features.dtype), scale.to(train_features.dtype))
+
+    @property
+    def identity(self) -> bool:
+        return self.mean is None
+
+    def apply(self, features: torch.Tensor) -> torch.Tensor:
+        """The scaled features (same shape and dtype)."""
+        if self.identity:
+            return features
+        return (features - self.mean.to(features)) * self.scale.to(features)
+
+    def fold_into(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A classifier state for raw features: W diag(scale), b - W (mean * scale)."""
+        if self.identity:
+            return state
+        weight = state["0.weight"]
+        scale = self.scale.to(weight)
+        shift = (self.mean.to(weight) * scale)
+        return {**state, "0.weight": weight * scale, "0.bias": state["0.bias"] - weight @ shift}
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.identity else {"mean": self.mean.cpu(), "scale": self.scale.cpu()}
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, torch.Tensor] | None) -> InputScaling:
+        if not stored:
+            return cls()
+        return cls(stored["mean"], stored["scale"])
+
+
+def feature_scale(features: np.ndarray) -> dict[str, float]:
+    """Scale of cached features (n, 25088): mean value, mean L2 norm per slice, zero share."""
+    values = np.asarray(features, dtype=np.float64)
+    return {"mean": float(values.mean()), "norm": float(np.linalg.norm(values, axis=1).mean()),
+            "zero_fraction": float(np.mean(values == 0.0))}

@@ -1,4 +1,4 @@
-"""Stage 04: VGG-19 transfer learning per combination, k-fold cross-validation, resumable.
+"""Stage 04: VGG transfer learning (VGG-19, the study's, or VGG-16), k-fold CV, resumable.
 
 Per fold (the study's training slide): SGD with momentum 0.9, mini-batch 64, learning rate 0.01,
 at most 50 epochs, validation after every epoch, early stopping when the validation loss has not
@@ -49,15 +49,22 @@ from .features import (
     resolve_precision,
 )
 from .folds import GROUPED_SPLITS, Fold, FoldPlan, check_split, make_folds
-from .head import DUAL_TRAINED, DualHead, DualTables, PrimalHead, dense_classifier_state
+from .head import (
+    DUAL_TRAINED,
+    DualHead,
+    DualTables,
+    InputScaling,
+    PrimalHead,
+    dense_classifier_state,
+)
 from .manifest import read_manifest, software_key, update_manifest
 from .model import (
-    IMAGENET_URL,
     ModelBundle,
     WeightsInfo,
     backbone_forward,
     build_model,
     describe_weights,
+    imagenet_url,
     prepare_backbone,
 )
 from .store import (
@@ -77,7 +84,7 @@ RUN_RECORD = "run.json"
 FOLD_RECORD = "fold.json"
 HEAD_FILE = "head.pt"
 #: Bumped when the meaning of a run's outputs changes (part of every run key).
-RUN_FORMAT = 1
+RUN_FORMAT = 2
 THRESHOLD = 0.5  # a slice is called positive when prob >= this
 EVAL_CHUNK = 256  # slices per forward pass when evaluating
 PREDICTION_COLUMNS = ("patient_id", "slice_index", "fold", "label", "prob")
@@ -256,6 +263,32 @@ def naive_inputs(bundle: ModelBundle, source: SliceSource, channels: tuple[str, 
     return inputs
 
 
+def feature_scaling(weights: WeightsInfo) -> str:
+    """'none' for the study's ImageNet VGG-19 (its settings untouched), else 'standardize'.
+
+    Measured on the quick profile's slice store: the features of other sources differ from
+    ImageNet VGG's by orders of magnitude (random VGG-19: mean 0.07, norm 19 per slice; HED
+    VGG-16 on Caffe input: mean 5.5, norm 2891), and the study's learning rate and the head's
+    initialisation (N(0, 0.01)) do not train on either. Standardized on the fold's training
+    slices, every source reaches the head on one scale.
+    """
+    return "none" if weights.is_study_network else "standardize"
+
+
+def fold_tables(values: torch.Tensor, fold: Fold, bundle: ModelBundle, mode: str,
+                shared: DualTables | None = None) -> tuple[DualTables, InputScaling]:
+    """The dual tables of one fold and the scaling fitted on its training slices only.
+
+    With no scaling every fold shares one table (`shared`, built when None).
+    """
+    scaling = InputScaling.fit(values[torch.from_numpy(fold.train).to(values.device)], mode)
+    if scaling.identity:
+        tables = shared or DualTables(values, _initial_first_weight(bundle, values))
+        return tables, scaling
+    scaled = scaling.apply(values)
+    return DualTables(scaled, _initial_first_weight(bundle, scaled)), scaling
+
+
 def _initial_first_weight(bundle: ModelBundle, like: torch.Tensor) -> torch.Tensor:
     """W0: the first layer's weight before any training, on `like`'s device and dtype."""
     return bundle.initial_head["0.weight"].to(device=like.device, dtype=like.dtype)
@@ -282,11 +315,13 @@ def cross_validate(source: SliceSource, combination: Combination, plan: FoldPlan
                    bundle: ModelBundle, config: TrainingConfig, seed: int,
                    device: torch.device, precision: str, form: str = "dual",
                    features: np.ndarray | None = None, progress: bool = False,
-                   dtype: torch.dtype = torch.float32) -> list[FoldOutcome]:
+                   dtype: torch.dtype = torch.float32,
+                   scaling: str | None = None) -> list[FoldOutcome]:
     """Train every fold in memory (no files): the cached forms need `features` (index order).
 
     `dtype` is the head's arithmetic (float32 in every run; float64 lets a test compare the
-    forms without float rounding).
+    forms without float rounding). `scaling`: the features' scaling (default: `feature_scaling`
+    of the weights), fitted on each fold's training slices.
     """
     prepare_backbone(bundle, device, precision)
     bundle.model.classifier.to(dtype)
@@ -299,13 +334,23 @@ def cross_validate(source: SliceSource, combination: Combination, plan: FoldPlan
         if features is None:
             raise ConfigError(f"The {form} head trains on cached features: pass `features`.")
         values = torch.from_numpy(features).to(device=device, dtype=dtype)
-        if form == "dual":
-            extra["tables"] = DualTables(values, _initial_first_weight(bundle, values))
-        else:
-            extra["features"] = values
+    mode = feature_scaling(bundle.weights) if scaling is None else scaling
+    outcomes = []
     try:
-        return [fit_fold(make_head(form, bundle, fold, **extra), labels, fold, config, seed,
-                         progress) for fold in plan.folds]
+        shared = None
+        for fold in plan.folds:
+            if form == "dual":
+                extra["tables"], _ = fold_tables(values, fold, bundle, mode, shared)
+                shared = extra["tables"] if mode == "none" else None
+            elif form == "primal":
+                fitted = InputScaling.fit(values[torch.from_numpy(fold.train).to(values.device)],
+                                          mode)
+                extra["features"] = fitted.apply(values)
+            elif mode != "none":
+                raise ConfigError("The naive head runs on raw features: scaling='none'.")
+            outcomes.append(fit_fold(make_head(form, bundle, fold, **extra), labels, fold,
+                                     config, seed, progress))
+        return outcomes
     finally:
         bundle.model.classifier.float()
 
@@ -324,8 +369,9 @@ def run_key(source: SliceSource, combination: Combination, split: str, seed: int
     return {"stage": STAGE, "format": RUN_FORMAT, "store": source.key_hash,
             "channels": list(combination.channels), "split": split, "seed": int(seed),
             "training": training, "weights": weights.identity(), "precision": precision,
+            "feature_scaling": feature_scaling(weights),
             "software": software_key(STAGE),
-            "model": "vgg19, classifier trained, 2 classes, cross-entropy"}
+            "model": f"{weights.backbone}, classifier trained, 2 classes, cross-entropy"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -345,7 +391,8 @@ def run_is_current(out: Path, key_hash: str) -> bool:
 
 def is_done(source: SliceSource, work_dir: str | Path, profile: Profile | str,
             combo: int | str, split: str = "patient", seed: int = 0, device: str = "auto",
-            weights: str | Path = "auto", precision: str = "auto") -> bool:
+            weights: str | Path = "auto", precision: str = "auto",
+            backbone: str = "auto") -> bool:
     """True when this run exists with the same key (checked without building the network).
 
     False also when only a download attempt could tell which weights a run would use.
@@ -354,7 +401,7 @@ def is_done(source: SliceSource, work_dir: str | Path, profile: Profile | str,
     combination = resolve_combo(combo, tuple(source.modalities))
     split = check_split(split)
     precision = resolve_precision(precision, resolve_device(device))
-    described = describe_weights(weights, seed)
+    described = describe_weights(weights, seed, backbone)
     if described is None:
         return False
     key = run_key(source, combination, split, seed, profile.training, described, precision)
@@ -385,7 +432,8 @@ class TrainingRun:
     def timings(self) -> pd.DataFrame:
         """Seconds on the frozen features (once per combination) and on the head (all folds)."""
         return pd.DataFrame({
-            "part": ["features (frozen VGG-19, once per combination)",
+            "part": [f"features (frozen {self.weights.get('backbone', 'vgg19')}, once per "
+                     "combination)",
                      f"head training ({len(self.fold_metrics)} folds)"],
             "seconds": [self.record["feature_seconds"], self.record["head_seconds"]],
         })
@@ -413,7 +461,8 @@ def _fold_done(out: Path, fold: Fold, key_hash: str, with_head: bool) -> dict[st
 
 def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource,
                 plan: FoldPlan, key_hash: str, head_form: str, features: Features | None,
-                with_head: bool, pretrained: bool) -> dict[str, Any]:
+                with_head: bool, pretrained: bool,
+                scaling: InputScaling | None = None) -> dict[str, Any]:
     files = _fold_files(out, fold.number, with_head)
     files[-1].unlink(missing_ok=True)  # no record vouches for files being rewritten
     test = source.index.iloc[fold.test]
@@ -429,6 +478,7 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
         with atomic_path(files[2]) as tmp:
             torch.save({"form": head_form, "state": outcome.state,
                         "train_rows": torch.from_numpy(rows[fold.train]),
+                        "scaling": (scaling or InputScaling()).to_dict(),
                         "features_key_hash": features.key_hash if features else None,
                         "run_key_hash": key_hash}, tmp)
     train_pids = set(plan.patient_ids[np.concatenate([fold.train, fold.val])])
@@ -468,7 +518,8 @@ def train_combination(source: SliceSource, work_dir: str | Path, profile: Profil
                       combo: int | str = 9, split: str = "patient", seed: int = 0,
                       device: str = "auto", weights: str | Path = "auto",
                       precision: str = "auto", save_heads: bool | None = None,
-                      bundle: ModelBundle | None = None, progress: bool = True) -> TrainingRun:
+                      bundle: ModelBundle | None = None, progress: bool = True,
+                      backbone: str = "auto") -> TrainingRun:
     """Cross-validate one combination into ``work_dir/runs/<split>/combo<NN>/``; resume.
 
     Skipped when the run exists with the same key (store, channels, split, seed, training
@@ -485,12 +536,13 @@ def train_combination(source: SliceSource, work_dir: str | Path, profile: Profil
     with_head = split == "patient" if save_heads is None else bool(save_heads)
     plan = make_folds(source.index, split, config.folds, seed, config.validation_fraction)
     out = run_dir(work_dir, split, combination.number)
-    described = bundle.weights if bundle is not None else describe_weights(weights, seed)
+    described = (bundle.weights if bundle is not None
+                 else describe_weights(weights, seed, backbone))
     if described is not None:
         key = run_key(source, combination, split, seed, config, described, precision)
         if run_is_current(out, hash_config(key)):
             return read_run(out, combination, split, reused=True)
-    bundle = bundle or build_model(weights, seed)
+    bundle = bundle or build_model(weights, seed, backbone=backbone)
     key = run_key(source, combination, split, seed, config, bundle.weights, precision)
     key_hash = hash_config(key)
     if run_is_current(out, key_hash):
@@ -506,7 +558,7 @@ def train_combination(source: SliceSource, work_dir: str | Path, profile: Profil
                                           f"{name} {split}")
     return _finish_run(out, key, key_hash, combination, split, records, plan, source, features,
                        bundle, weights, torch_device, precision, with_head, extra_seconds,
-                       work_dir)
+                       work_dir, backbone)
 
 
 def _train_folds(out: Path, plan: FoldPlan, features: Features, bundle: ModelBundle,
@@ -517,22 +569,25 @@ def _train_folds(out: Path, plan: FoldPlan, features: Features, bundle: ModelBun
     records: list[dict[str, Any] | None] = [_fold_done(out, f, key_hash, with_head)
                                             for f in plan.folds]
     todo = [f for f, r in zip(plan.folds, records, strict=True) if r is None]
-    started = time.perf_counter()
-    tables = labels = None
+    table_seconds = 0.0
+    values = labels = shared = None
+    mode = feature_scaling(bundle.weights)
     if todo:
         prepare_backbone(bundle, device, "fp32")
         values = torch.from_numpy(features.values).to(device)
-        tables = DualTables(values, _initial_first_weight(bundle, values))
-        del values
         labels = torch.from_numpy(plan.labels).to(device)
-    table_seconds = time.perf_counter() - started
     bar = tqdm(plan.folds, desc=f"{label} folds", unit="fold", disable=not progress)
     for i, fold in enumerate(bar):
         if records[i] is None:
+            started = time.perf_counter()
+            tables, scaling = fold_tables(values, fold, bundle, mode, shared)
+            shared = tables if scaling.identity else None
+            table_seconds += time.perf_counter() - started
             head = make_head("dual", bundle, fold, tables=tables)
             outcome = fit_fold(head, labels, fold, config, seed, progress)
+            del tables
             records[i] = _write_fold(out, outcome, fold, source, plan, key_hash, "dual",
-                                     features, with_head, bundle.weights.pretrained)
+                                     features, with_head, bundle.weights.pretrained, scaling)
     bar.close()
     return [r for r in records if r is not None], table_seconds
 
@@ -541,7 +596,8 @@ def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Comb
                 split: str, records: list[dict[str, Any]], plan: FoldPlan,
                 source: SliceSource, features: Features, bundle: ModelBundle,
                 weights: str | Path, device: torch.device, precision: str, with_head: bool,
-                extra_seconds: float, work_dir: str | Path) -> TrainingRun:
+                extra_seconds: float, work_dir: str | Path,
+                backbone: str = "auto") -> TrainingRun:
     """Gather the folds into the run's tables, write them and the run record."""
     for stale in (out / "folds").glob("fold*"):
         if stale.is_dir() and int(stale.name[4:] or 0) > len(plan.folds):
@@ -567,6 +623,7 @@ def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Comb
         "split": split, "labels": "permuted among patients (seeded)" if split == "random"
         else "as recorded", "grouped_by_patient": split in GROUPED_SPLITS,
         "weights": bundle.weights.manifest(), "weights_request": str(weights),
+        "backbone_request": str(backbone), "backbone": bundle.weights.backbone,
         "device": str(device), "precision": precision, "head_form": "dual",
         "features_key_hash": features.key_hash, "features_dir": features.dir.name,
         "feature_seconds": round(features.total_seconds, 3), "head_seconds": head_seconds,
@@ -596,7 +653,7 @@ def run_training(cohort_dir: str | Path, work_dir: str | Path, profile: Profile 
                  seed: int = 0, combo: int | str = 9, split: str = "patient",
                  device: str = "auto", weights: str | Path = "auto", precision: str = "auto",
                  save_heads: bool | None = None, store: SliceSource | None = None,
-                 progress: bool = True) -> TrainingRun:
+                 progress: bool = True, backbone: str = "auto") -> TrainingRun:
     """Chapter 04's stage: one combination's cross-validation (reused when current).
 
     Reads the slice store of ``work_dir`` (or `store`), writes ``work_dir/runs/...`` and the
@@ -605,7 +662,8 @@ def run_training(cohort_dir: str | Path, work_dir: str | Path, profile: Profile 
     profile = resolve_profile(profile)
     source = store if store is not None else open_slices(work_dir, profile)
     run = train_combination(source, work_dir, profile, combo, split, seed, device, weights,
-                            precision, save_heads=save_heads, progress=progress)
+                            precision, save_heads=save_heads, progress=progress,
+                            backbone=backbone)
     update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE,
                     device=run.record["device"], precision=run.record["precision"],
                     weights=run.weights,
@@ -625,7 +683,7 @@ def run_entry(run: TrainingRun) -> dict[str, Any]:
 
 def fold_model(work_dir: str | Path, split: str, combo: int | str, fold: int,
                source: SliceSource, device: str = "cpu") -> ModelBundle:
-    """The full network of one trained fold (for Grad-CAM): VGG-19 with that fold's head.
+    """The full network of one trained fold (for Grad-CAM): the run's backbone and fold head.
 
     The first layer's weight is rebuilt from the stored dual form (W0 + A X_train) with the
     cached features; the network predicts that fold's test slices as ``predictions.csv`` says.
@@ -638,7 +696,8 @@ def fold_model(work_dir: str | Path, split: str, combo: int | str, fold: int,
         raise StsnbError(f"No trained head for fold {fold} in {out} (run chapter 04 with "
                          "save_heads for this split, or the run is unfinished).")
     key = record["key"]
-    bundle = build_model(record["weights_request"], key["seed"])
+    bundle = build_model(record["weights_request"], key["seed"],
+                         backbone=record.get("backbone_request", "auto"))
     if bundle.weights.identity() != key["weights"]:
         raise StsnbError(f"The weights {record['weights_request']!r} are not those the run in "
                          f"{out} trained from. Fix: restore them, or rerun chapter 04.")
@@ -647,8 +706,10 @@ def fold_model(work_dir: str | Path, split: str, combo: int | str, fold: int,
                                key["precision"], progress=False)
     stored = torch.load(path, map_location="cpu", weights_only=True)
     positions = pd.Index(source.index["row"]).get_indexer(stored["train_rows"].numpy())
-    state = dense_classifier_state(stored["state"], bundle.initial_head["0.weight"],
-                                   torch.from_numpy(features.values[positions]))
+    scaling = InputScaling.from_dict(stored.get("scaling"))
+    train = scaling.apply(torch.from_numpy(features.values[positions]))
+    state = scaling.fold_into(dense_classifier_state(stored["state"],
+                                                     bundle.initial_head["0.weight"], train))
     bundle.model.classifier.load_state_dict(state)
     prepare_backbone(bundle, torch_device, key["precision"])
     return bundle
@@ -658,10 +719,11 @@ def weights_warning(run: TrainingRun) -> str | None:
     """The loud text to show when the network did not start from pretrained weights."""
     if run.pretrained:
         return None
-    return ("WARNING - NOT TRANSFER LEARNING: this run's VGG-19 started from random weights, "
-            f"not ImageNet ({run.weights.get('summary')}). Its results do not reproduce the "
-            f"study. Fix: give torchvision's {Path(IMAGENET_URL).name} through TORCH_HOME or "
-            "WEIGHTS=.")
+    backbone = run.weights.get("backbone", "vgg19")
+    return (f"WARNING - NOT TRANSFER LEARNING: this run's {backbone} started from random "
+            f"weights, not pretrained ones ({run.weights.get('summary')}). Its results do not "
+            f"reproduce the study. Fix: give torchvision's {Path(imagenet_url(backbone)).name} "
+            "through TORCH_HOME or WEIGHTS=, or use the offline filters (WEIGHTS=auto).")
 
 
 def fold_metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:

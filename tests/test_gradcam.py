@@ -15,7 +15,7 @@ from stsnb.gradcam import (
     ring_mask,
     select_slices,
 )
-from stsnb.model import build_model
+from stsnb.model import LAST_CONV, build_model
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,11 @@ def bundle():
     return build_model("none", seed=0)
 
 
-def test_last_conv_is_vgg19_features_34(bundle):
-    layer = last_conv_layer(bundle.model)
-    assert layer is bundle.model.features[34]
+@pytest.mark.parametrize("backbone", ["vgg19", "vgg16"])
+def test_last_conv_is_the_backbones_last_convolution(backbone):
+    model = build_model("none", seed=0, backbone=backbone).model
+    layer = last_conv_layer(model)
+    assert layer is model.features[LAST_CONV[backbone]]  # 34 for VGG-19, 28 for VGG-16
     assert (layer.in_channels, layer.out_channels) == (512, 512)
 
 

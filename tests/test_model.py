@@ -18,6 +18,7 @@ from torchvision.models import vgg19
 from stsnb import model as model_module
 from stsnb.errors import ConfigError
 from stsnb.model import (
+    HED_SOURCE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     WeightsError,
@@ -25,6 +26,7 @@ from stsnb.model import (
     describe_weights,
     input_transform,
 )
+from stsnb.pretrained import CaffeInput, hed_weights_path, read_hed_vgg16
 from stsnb.store import hash_file
 
 
@@ -72,7 +74,8 @@ def test_random_network_is_frozen_two_class_and_seeded():
     again = build_model("none", seed=4)
     assert torch.equal(net.features[0].weight, again.model.features[0].weight)
     assert torch.equal(net.classifier[6].weight, again.model.classifier[6].weight)
-    assert first.weights.identity() == {"weights": "random", "seed": 4}
+    assert first.weights.identity() == {"backbone": "vgg19", "transform": "imagenet",
+                                        "weights": "random", "seed": 4}
     with torch.no_grad():
         assert net(input_transform()(torch.rand(1, 3, 32, 32))).shape == (1, 2)
 
@@ -95,7 +98,7 @@ def test_imagenet_loads_from_torch_home_with_torch_hub(saved_weights, torch_home
     torch_home.mkdir(parents=True)
     shutil.copy(path, torch_home / path.name)
     # Our file stands for torchvision's: same URL scheme, its own hash in the name.
-    monkeypatch.setattr(model_module, "IMAGENET_URL",
+    monkeypatch.setitem(model_module.IMAGENET_URLS, "vgg19",
                         f"https://download.pytorch.org/models/{path.name}")
     bundle = build_model("imagenet", seed=0)
     assert bundle.weights.source == "imagenet" and bundle.weights.pretrained
@@ -113,21 +116,54 @@ def test_a_wrong_hash_is_a_clear_error(saved_weights, torch_home, tmp_path):
         build_model("imagenet")
     with pytest.raises(WeightsError, match="name says dcbb9e9d"):
         build_model(str(impostor))
-    with pytest.warns(UserWarning, match="RANDOM weights"):
-        fallback = build_model("auto", seed=2)
-    assert not fallback.weights.pretrained and "dcbb9e9d" in fallback.weights.summary
+    fallback = build_model("auto", seed=2)  # auto: the offline filters, saying why
+    assert fallback.weights.source == HED_SOURCE and "dcbb9e9d" in fallback.weights.note
+    with pytest.raises(WeightsError, match="name says dcbb9e9d.*backbone='vgg16'"):
+        build_model("auto", seed=2, backbone="vgg19")
 
 
-def test_auto_offline_falls_back_to_random_weights_loudly(torch_home, tmp_path):
-    with pytest.warns(UserWarning, match="RANDOM weights, not ImageNet"):
-        bundle = build_model("auto", seed=1)
+def test_auto_offline_resolves_to_the_offline_pretrained_filters(torch_home, tmp_path):
+    bundle = build_model("auto", seed=1)
     info = bundle.weights
-    assert info.pretrained is False and info.source == "random"
-    assert "ImageNet weights unavailable" in info.summary and "TORCH_HOME" in info.warning
+    assert info.pretrained is True and info.source == HED_SOURCE
+    assert info.backbone == "vgg16" and info.transform == "caffe"
+    assert not info.is_study_network and "not the study's" in info.summary
+    assert "ImageNet VGG19 weights unavailable" in info.note
     assert json.dumps(info.manifest())  # what the manifest records
+    assert info.manifest()["study_network"] is False
     with pytest.raises(WeightsError, match="could not be loaded.*TORCH_HOME"):
         build_model("imagenet")
     assert describe_weights("auto") is None  # only a download attempt could tell
+    assert build_model("auto", seed=1, backbone="vgg16").weights.identity() == info.identity()
+
+
+def test_explicit_vgg19_without_imagenet_names_both_ways_out(torch_home):
+    with pytest.raises(WeightsError) as caught:
+        build_model("auto", backbone="vgg19")
+    message = str(caught.value)
+    assert "backbone='vgg16'" in message and "weights='none'" in message
+    with pytest.raises(ConfigError, match="do not fit backbone='vgg19'"):
+        build_model(HED_SOURCE, backbone="vgg19")
+    with pytest.raises(ConfigError, match="Unknown backbone 'resnet50'"):
+        build_model("none", backbone="resnet50")
+
+
+def test_offline_filters_load_into_vgg16_with_their_caffe_transform():
+    bundle = build_model(HED_SOURCE, seed=3)
+    state = read_hed_vgg16()
+    loaded = bundle.model.state_dict()
+    assert len(bundle.model.features) == 31  # VGG-16
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    assert isinstance(bundle.transform, CaffeInput)
+    assert bundle.weights.identity()["backbone"] == "vgg16"
+    assert bundle.weights.identity()["sha256"] == hash_file(hed_weights_path())
+    again = build_model(HED_SOURCE, seed=3)  # the fully connected block: seeded
+    assert torch.equal(again.model.classifier[0].weight, bundle.model.classifier[0].weight)
+    other = build_model(HED_SOURCE, seed=4)
+    assert not torch.equal(other.model.classifier[0].weight, bundle.model.classifier[0].weight)
+    assert describe_weights(HED_SOURCE, seed=3) == bundle.weights
+    assert all(not p.requires_grad for p in bundle.model.features.parameters())
 
 
 def test_bad_weights_are_clear_errors(tmp_path):
