@@ -15,9 +15,10 @@ SEED ?= 0
 PATIENTS ?= 72
 DEVICE ?= auto
 WEIGHTS ?= auto
+BACKBONE ?= auto
 COMBOS ?=
 RUN_ARGS = --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) --profile $(PROFILE) \
-    --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS)
+    --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS) --backbone $(BACKBONE)
 
 .PHONY: env data book run train lab test lint check-notebooks browser clean
 
@@ -51,7 +52,7 @@ run: env
 train: env
 	$(PY) -m stsnb.batch --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
 	    --profile $(PROFILE) --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS) \
-	    $(if $(COMBOS),--combos $(COMBOS),)
+	    --backbone $(BACKBONE) $(if $(COMBOS),--combos $(COMBOS),)
 
 ## JupyterLab on the notebooks, with the project's environment.
 lab: env

@@ -45,7 +45,8 @@ def _run(args: argparse.Namespace) -> None:
     chapters = tuple(args.chapters) if args.chapters else CHAPTERS
     combos = tuple(args.combos) if args.combos else None
     run_chapters(args.cohort_dir, args.work_dir, args.profile, args.seed, chapters,
-                 combos=combos, device=args.device, weights=args.weights)
+                 combos=combos, device=args.device, weights=args.weights,
+                 backbone=args.backbone)
 
 
 def _book(args: argparse.Namespace) -> None:
@@ -87,7 +88,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--weights", default="auto",
-                        help="imagenet | none | auto | path to a VGG-19 state dict")
+                        help="auto | imagenet | hed-vgg16 | none | path to a state dict")
+    parser.add_argument("--backbone", default="auto", choices=["auto", "vgg19", "vgg16"],
+                        help="auto: the study's VGG-19 with ImageNet weights when they load, "
+                        "else VGG-16 with the offline HED filters")
     parser.add_argument("--combos", nargs="*", help="combinations for chapter 04 (default all)")
 
 

@@ -23,6 +23,7 @@ from .config import PROFILES, Profile, resolve_profile
 from .errors import ConfigError, StsnbError
 from .features import SliceSource
 from .folds import SPLITS, check_split
+from .linear_runs import linear_done
 from .plots.training import combination_label
 from .results import auc_order, patient_aucs, split_predictions
 from .store import atomic_path, ensure_writable_dir
@@ -89,8 +90,9 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
                        profile: str = "auto", seed: int = 0,
                        combos: Sequence[int | str] | None = None,
                        splits: Sequence[str] | None = None, device: str = "auto",
-                       weights: str = "auto", precision: str = "auto") -> list[Path]:
-    """Execute chapter 04 for each (combination, split); return the executed notebooks."""
+                       weights: str = "auto", precision: str = "auto",
+                       backbone: str = "auto") -> list[Path]:
+    """Execute chapter 04 (both heads) for each (combination, split); return the notebooks."""
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
     resolved = resolve_profile(profile)
     store = open_slices(work_dir, resolved)
@@ -98,8 +100,10 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
     weights_arg = str(Path(weights).resolve()) if Path(weights).is_file() else weights
     modalities = tuple(store.modalities)
     jobs = training_jobs(resolved, modalities, combos, splits)
+    options = {"device": device, "weights": weights_arg, "precision": precision,
+               "backbone": backbone}
     outputs = _run_jobs(jobs, cohort_dir, work_dir, profile, resolved, store, generated, seed,
-                        device, weights_arg, precision)
+                        options)
     if splits is None and resolved.training.control_combos == EXTREMES:
         numbers = [n for n, _ in jobs]
         ranked = auc_order(patient_aucs(split_predictions(work_dir, "patient", numbers)))
@@ -108,14 +112,17 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
         print(f"[stsnb] controls for the best and the worst combination by patient-level AUC: "
               f"{sorted({n for n, _ in controls})}", flush=True)
         outputs += _run_jobs(controls, cohort_dir, work_dir, profile, resolved, store, generated,
-                             seed, device, weights_arg, precision)
+                             seed, options)
     return outputs
 
 
 def _run_jobs(jobs: Sequence[tuple[int, str]], cohort_dir: str | Path, work_dir: Path,
               profile: str, resolved: Profile, store: SliceSource, generated: Path, seed: int,
-              device: str, weights_arg: str, precision: str) -> list[Path]:
-    """Execute chapter 04 for each job unless its run and notebook are current."""
+              options: dict[str, str]) -> list[Path]:
+    """Execute chapter 04 for each job unless its runs (both heads) and notebook are current.
+
+    `options`: device, weights, precision and backbone, as chapter 04's parameters.
+    """
     outputs = []
     for number, split in jobs:
         name = notebook_name(number, split)
@@ -124,8 +131,9 @@ def _run_jobs(jobs: Sequence[tuple[int, str]], cohort_dir: str | Path, work_dir:
         if (target.exists() and record.exists()
                 and target.stat().st_mtime >= record.stat().st_mtime
                 and not notebook_errors(target)
-                and is_done(store, work_dir, resolved, number, split, seed, device, weights_arg,
-                            precision)):
+                and is_done(store, work_dir, resolved, number, split, seed, options["device"],
+                            options["weights"], options["precision"], options["backbone"])
+                and linear_done(store, work_dir, resolved, number, split, seed)):
             print(f"[stsnb] {name}: done with this configuration, skipped", flush=True)
             outputs.append(target)
             continue
@@ -133,8 +141,7 @@ def _run_jobs(jobs: Sequence[tuple[int, str]], cohort_dir: str | Path, work_dir:
               flush=True)
         parameters = {"cohort_dir": str(Path(cohort_dir).resolve()), "work_dir": str(work_dir),
                       "profile": profile, "seed": int(seed), "combo": int(number),
-                      "split": split, "device": device, "weights": weights_arg,
-                      "precision": precision, "progress": False}
+                      "split": split, **options, "head": "both", "progress": False}
         combination = resolve_combo(number, tuple(store.modalities))
         executed = execute_chapter(CHAPTER, generated, parameters, work_dir, stage_name=name,
                                    run=f"combination {number} ({combination.name}), {split} "
@@ -177,11 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--backbone", default="auto", help="auto | vgg19 | vgg16")
     args = parser.parse_args(argv)
     try:
         run_training_batch(args.cohort_dir, args.work_dir, args.profile, args.seed,
                            args.combos or None, args.splits or None, args.device,
-                           args.weights, args.precision)
+                           args.weights, args.precision, args.backbone)
     except StsnbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

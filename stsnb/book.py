@@ -33,6 +33,7 @@ CHAPTERS: tuple[str, ...] = (
     "03_preprocessing",
     "04_training",
     "05_cv_results",
+    "08_controls",  # the positive and negative controls on chapter 04's cached features
     "06_gradcam",
     "07_real_cohort",  # appendix: the TCIA sample imported from DICOM (its own cohort)
 )
@@ -196,6 +197,7 @@ def run_chapters(
     combos: tuple[int | str, ...] | None = None,
     device: str = "auto",
     weights: str = "auto",
+    backbone: str = "auto",
 ) -> list[Path]:
     """Execute each chapter in order for one cohort and work dir; return the executed notebooks.
 
@@ -219,7 +221,7 @@ def run_chapters(
             from .batch import run_training_batch
 
             outputs += run_training_batch(cohort_dir, work_dir, profile, seed, combos=combos,
-                                          device=device, weights=weights)
+                                          device=device, weights=weights, backbone=backbone)
             continue
         extra = {"device": device} if name == "06_gradcam" else {}
         print(f"[stsnb] executing {name} -> {generated / (name + '.ipynb')}", flush=True)
@@ -241,10 +243,14 @@ def run_summary_markdown(work_dir: str | Path) -> str:
         "",
     ]
     weights = manifest.get("weights")
+    if weights is not None:
+        from .model import network_sentence
+
+        lines += [network_sentence(weights), ""]
     if weights is not None and not weights.get("pretrained", False):
         lines += [
             "```{warning}",
-            "The network was **not** initialised with ImageNet weights in this build "
+            "The network was **not** initialised with pretrained weights in this build "
             f"({weights.get('summary', 'random weights')}): the results are not transfer "
             "learning.",
             "```",

@@ -70,6 +70,15 @@ class TrainingConfig:
     validation_fraction: float = 0.1  # of the training patients, for early stopping (not stated)
     control_combos: tuple[int, ...] | str | None = None  # None = controls for every
     # combination; "extremes" = for the best and the worst by patient-level AUC (patient split)
+    linear_pooling: str = "gtv"  # linear head: conv maps averaged inside the GTV (or "global")
+    linear_inner_folds: int = 3  # linear head: inner CV over the training patients, for C
+    linear_permutations: int = 1000  # permutation test of the whole CV, linear head
+    fc_permutations: int = 19  # the same for the FC head, best combination (19: p can be 0.05)
+
+
+#: TrainingConfig fields that do not change an FC run's outputs (not part of its key).
+NOT_FC_KEY = ("control_combos", "linear_pooling", "linear_inner_folds", "linear_permutations",
+              "fc_permutations")
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,8 @@ QUICK = Profile(
         bspline_samples=10000,
     ),
     preprocessing=PreprocessingConfig(max_slices_per_patient=6),
-    training=TrainingConfig(folds=5, max_epochs=8, patience=3, control_combos="extremes"),
+    training=TrainingConfig(folds=5, max_epochs=8, patience=3, control_combos="extremes",
+                            linear_permutations=200, fc_permutations=0),
 )
 
 SMOKE = Profile(
@@ -119,7 +129,8 @@ SMOKE = Profile(
         bspline_samples=3000,
     ),
     preprocessing=PreprocessingConfig(canvas_px=128, input_px=64, max_slices_per_patient=4),
-    training=TrainingConfig(folds=2, max_epochs=2, patience=1, batch_size=16, control_combos=(1,)),
+    training=TrainingConfig(folds=2, max_epochs=2, patience=1, batch_size=16, control_combos=(1,),
+                            linear_permutations=20, fc_permutations=0),
     synthetic_patients=8,
 )
 

@@ -279,3 +279,28 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def read_feature_cache(work_dir: str | Path, features_dir: str, source: SliceSource,
+                       key_hash: str) -> np.ndarray:
+    """float32 (n_slices, 25088): a complete cache of ``work_dir/features/<dir>/`` in index order.
+
+    The cache a finished run recorded (`features_dir`, `key_hash` of its run.json); StsnbError
+    when the cache is not that one or a patient's shard is missing (rerun chapter 04).
+    """
+    root = Path(work_dir) / FEATURE_DIR / features_dir
+    record = _read_json(root / "cache.json")
+    if record.get("key_hash") != key_hash:
+        raise ConfigError(f"The feature cache {root} is not the one this run used (key "
+                          f"{str(record.get('key_hash'))[:12]} != {key_hash[:12]}). Fix: rerun "
+                          "chapter 04 for this combination.")
+    pids = source.index["patient_id"].astype(str).to_numpy()
+    values = np.empty((len(pids), N_FEATURES), dtype=np.float32)
+    for pid in pd.unique(pids):
+        where = np.nonzero(pids == pid)[0]
+        stored = _load_shard(root / f"{pid}.npy")
+        if stored is None or stored.shape != (len(where), N_FEATURES):
+            raise ConfigError(f"The feature cache {root} has no complete shard for patient "
+                              f"{pid}. Fix: rerun chapter 04 for this combination.")
+        values[where] = _decode(stored)
+    return values

@@ -150,8 +150,13 @@ def assert_no_leakage(fold: Fold, patient_ids: np.ndarray, grouped: bool = True)
 
 
 def make_folds(index: pd.DataFrame, split: str, n_folds: int, seed: int = 0,
-               validation_fraction: float = 0.1) -> FoldPlan:
-    """The folds of `split` over the slice index (positions 0..n-1), checked for leakage."""
+               validation_fraction: float = 0.1,
+               labels: np.ndarray | None = None) -> FoldPlan:
+    """The folds of `split` over the slice index (positions 0..n-1), checked for leakage.
+
+    `labels`: per-slice labels to use instead of the index's (a permutation test's or a control's
+    labels; one label per patient); the folds are drawn under them as under the real ones.
+    """
     split = check_split(split)
     if int(n_folds) != n_folds or n_folds < 2:
         raise ConfigError(f"Cross-validation needs at least 2 folds; got {n_folds}.")
@@ -160,8 +165,15 @@ def make_folds(index: pd.DataFrame, split: str, n_folds: int, seed: int = 0,
     n_folds = int(n_folds)
     patients = patient_table(index)
     pids = index["patient_id"].astype(str).to_numpy()
-    labels = (permuted_labels(index, seed) if split == "random"
-              else patients.set_index("patient_id")["label"].reindex(pids).to_numpy(np.int64))
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(index),):
+            raise ConfigError(f"{labels.shape} labels given for {len(index)} slices.")
+        patient_table(index.assign(label=labels))  # one 0/1 label per patient, or an error
+    elif split == "random":
+        labels = permuted_labels(index, seed)
+    else:
+        labels = patients.set_index("patient_id")["label"].reindex(pids).to_numpy(np.int64)
     positions = np.arange(len(index))
     if split in GROUPED_SPLITS:
         per_patient = pd.Series(labels).groupby(pids).first()

@@ -1,4 +1,4 @@
-"""Stage 06: Grad-CAM on the backbone's last convolutional layer, and how much of it lies in the GTV.
+"""Stage 06: Grad-CAM on the backbone's last convolution, and how much of it lies in the GTV.
 
 Maps come from the grad-cam package (pytorch-grad-cam) on each fold's own network and that
 fold's test slices, for the class the network predicted for the slice (what drove its decision;

@@ -69,6 +69,8 @@ STAGE_PACKAGES: dict[str, tuple[str, ...]] = {
     "slices": ("numpy", "SimpleITK", "scipy"),
     "features": ("numpy", "torch", "torchvision"),
     "training": ("numpy", "torch", "torchvision", "scikit-learn"),
+    "linear": ("numpy", "scikit-learn"),
+    "significance": ("numpy", "scikit-learn"),
 }
 
 

@@ -466,3 +466,16 @@ def prepare_backbone(bundle: ModelBundle, device: torch.device, precision: str) 
     bundle.transform.to(device)
     if precision == "bf16":
         bundle.model.features.to(memory_format=torch.channels_last)
+
+
+def network_sentence(weights: dict[str, Any]) -> str:
+    """One line on which network a result comes from (a weights manifest entry, WeightsInfo's)."""
+    backbone = str(weights.get("backbone", "vgg19")).upper().replace("VGG", "VGG-")
+    summary = weights.get("summary", "unknown weights")
+    if not weights.get("pretrained", False):
+        return (f"Network: {backbone} with **random weights** ({summary}): not transfer "
+                "learning, not the study's network.")
+    if weights.get("study_network", False):
+        return f"Network: the study's {backbone} ({summary})."
+    return (f"Network: {backbone} with pretrained filters that are **not the study's** "
+            f"ImageNet VGG-19 ({summary}).")

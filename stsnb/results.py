@@ -365,14 +365,27 @@ def study_comparison(ours: Mapping[int, pd.DataFrame],
 SPLITS = ("patient", "slice", "random")
 
 
-def discover_runs(work_dir: str | Path) -> pd.DataFrame:
-    """Every finished run under `work_dir/runs/`: split, combo (number) and its folder."""
+def discover_runs(work_dir: str | Path, head: str = "fc") -> pd.DataFrame:
+    """Every finished run under `work_dir/runs/`: split, combo (number), head and its folder.
+
+    `head`: 'fc' (the study's head, ``runs/<split>/combo<NN>/``), 'linear'
+    (``runs/<split>/combo<NN>/linear/``) or 'all'.
+    """
+    if head not in ("fc", "linear", "all"):
+        raise StsnbError(f"Unknown head {head!r}: expected fc, linear or all.")
+    patterns = {"fc": "runs/*/combo*/predictions.csv",
+                "linear": "runs/*/combo*/linear/predictions.csv"}
     rows = []
-    for path in sorted(Path(work_dir).glob("runs/*/combo*/predictions.csv")):
-        split, combo = path.parent.parent.name, path.parent.name
-        if split in SPLITS and combo[5:].isdigit():
-            rows.append({"split": split, "combo": int(combo[5:]), "dir": path.parent})
-    return pd.DataFrame(rows, columns=["split", "combo", "dir"])
+    for name, pattern in patterns.items():
+        if head not in (name, "all"):
+            continue
+        for path in sorted(Path(work_dir).glob(pattern)):
+            combo_dir = path.parent if name == "fc" else path.parent.parent
+            split, combo = combo_dir.parent.name, combo_dir.name
+            if split in SPLITS and combo[5:].isdigit():
+                rows.append({"split": split, "combo": int(combo[5:]), "head": name,
+                             "dir": path.parent})
+    return pd.DataFrame(rows, columns=["split", "combo", "head", "dir"])
 
 
 def best_epoch_accuracy(history: pd.DataFrame) -> pd.DataFrame:
@@ -388,11 +401,11 @@ def best_epoch_accuracy(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
-                        seed: int = 0) -> pd.DataFrame:
-    """One row per combination run under `split`: slice-level mean ± std over folds and the
-    patient-level AUC and balanced accuracy with bootstrap 95% CIs."""
+                        seed: int = 0, head: str = "fc") -> pd.DataFrame:
+    """One row per combination run under `split` by `head`: slice-level mean ± std over folds
+    and the patient-level AUC and balanced accuracy with bootstrap 95% CIs."""
     names = combination_names(work_dir)
-    runs = discover_runs(work_dir)
+    runs = discover_runs(work_dir, head)
     rows = []
     for run in runs[runs["split"] == split].itertuples():
         preds = load_predictions(run.dir / "predictions.csv")
@@ -408,7 +421,7 @@ def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
             row[f"patient_{metric}_low"] = ci.loc[metric, "ci_low"]
             row[f"patient_{metric}_high"] = ci.loc[metric, "ci_high"]
         history_path = run.dir / "history.csv"
-        if history_path.exists():
+        if head == "fc" and history_path.exists():
             acc = best_epoch_accuracy(pd.read_csv(history_path))
             row["train_accuracy"], row["val_accuracy"] = acc["train"].mean(), acc["val"].mean()
         row["test_accuracy"] = summary["accuracy"][0]
@@ -419,9 +432,10 @@ def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
 
 
 def split_predictions(work_dir: str | Path, split: str = "patient",
-                      combos: Sequence[int] | None = None) -> dict[int, pd.DataFrame]:
+                      combos: Sequence[int] | None = None,
+                      head: str = "fc") -> dict[int, pd.DataFrame]:
     """predictions.csv of every finished run of `split` (or of `combos` only), by combination."""
-    runs = discover_runs(work_dir)
+    runs = discover_runs(work_dir, head)
     if runs.empty:
         return {}
     runs = runs[runs["split"] == split]
@@ -586,3 +600,15 @@ def results_summary(summary: pd.DataFrame, ranked: pd.DataFrame, by_split: pd.Da
         text.append("Patient-level AUC of the baselines on the same folds: " + ", ".join(parts)
                     + ".")
     return " ".join(text)
+
+
+def run_record(work_dir: str | Path, split: str, combo: int) -> dict:
+    """The FC run's ``run.json`` of (split, combo); StsnbError naming the fix when absent."""
+    import json
+
+    path = Path(work_dir) / "runs" / split / f"combo{int(combo):02d}" / "run.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StsnbError(f"{path} is missing or unreadable: run chapter 04 for combination "
+                         f"{combo} ({split} split) first.") from exc

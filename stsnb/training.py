@@ -39,7 +39,7 @@ from sklearn.metrics import (
 from tqdm.auto import tqdm
 
 from .combinations import Combination, resolve_combo
-from .config import Profile, TrainingConfig, resolve_profile
+from .config import NOT_FC_KEY, Profile, TrainingConfig, resolve_profile
 from .errors import ConfigError, StsnbError
 from .features import (
     Features,
@@ -365,7 +365,7 @@ def run_dir(work_dir: str | Path, split: str, number: int) -> Path:
 def run_key(source: SliceSource, combination: Combination, split: str, seed: int,
             config: TrainingConfig, weights: WeightsInfo, precision: str) -> dict[str, Any]:
     """Everything a run's outputs depend on (the device is recorded, not keyed)."""
-    training = {k: v for k, v in asdict(config).items() if k != "control_combos"}
+    training = {k: v for k, v in asdict(config).items() if k not in NOT_FC_KEY}
     return {"stage": STAGE, "format": RUN_FORMAT, "store": source.key_hash,
             "channels": list(combination.channels), "split": split, "seed": int(seed),
             "training": training, "weights": weights.identity(), "precision": precision,
@@ -773,3 +773,111 @@ def training_summary(run: TrainingRun) -> str:
         f"{record['head_seconds']:.1f} s on the head ({record['device']}, "
         f"{record['precision']} features). Weights: {run.weights.get('summary')}."
     )
+
+
+# -- the FC head under other labels (permutation tests, controls) ----------------------------
+
+@dataclass
+class LabelRun:
+    """The FC head's whole CV under one set of patient labels (in memory, nothing written)."""
+
+    patient_auc: float
+    patient_prob: pd.Series  # mean test probability per patient
+    train_loss: float  # mean over folds of the training loss at the restored epoch
+    prior_entropy: float  # entropy (nats) of the training folds' label prior, mean over folds
+
+
+class FoldHeads:
+    """Everything the FC head needs to retrain on one combination's cached features."""
+
+    def __init__(self, source: SliceSource, work_dir: str | Path, profile: Profile,
+                 combo: int | str, seed: int) -> None:
+        from .features import read_feature_cache
+
+        combination = resolve_combo(combo, tuple(source.modalities))
+        out = run_dir(work_dir, "patient", combination.number)
+        record = _read_json(out / RUN_RECORD)
+        if not record:
+            raise StsnbError(f"No finished FC run in {out}: run chapter 04 for combination "
+                             f"{combination.number} first.")
+        self.source, self.profile, self.seed, self.combination = source, profile, seed, \
+            combination
+        self.bundle = build_model(record["weights_request"], record["key"]["seed"],
+                                  backbone=record.get("backbone_request", "auto"))
+        self.values = read_feature_cache(work_dir, record["features_dir"], source,
+                                         record["features_key_hash"])
+        self.device = resolve_device("cpu")
+
+    def run(self, slice_labels: np.ndarray) -> LabelRun:
+        """Folds drawn under `slice_labels` (one label per patient), the FC head retrained."""
+        config = self.profile.training
+        plan = make_folds(self.source.index, "patient", config.folds, self.seed,
+                          config.validation_fraction, labels=slice_labels)
+        outcomes = cross_validate(self.source, self.combination, plan, self.bundle, config,
+                                  self.seed, self.device, "fp32", features=self.values)
+        prob = np.empty(len(plan.labels))
+        losses, entropies = [], []
+        for fold, outcome in zip(plan.folds, outcomes, strict=True):
+            prob[fold.test] = outcome.test_prob
+            history = outcome.history
+            row = history[(history["epoch"] == outcome.best_epoch)
+                          & (history["phase"] == "train")]
+            losses.append(float(row["loss"].iloc[0]))
+            prior = float(plan.labels[fold.train].mean())
+            entropies.append(-(prior * math.log(prior) + (1 - prior) * math.log(1 - prior)))
+        patients = pd.DataFrame({"pid": plan.patient_ids, "label": plan.labels, "prob": prob})
+        per_patient = patients.groupby("pid").agg(label=("label", "first"), prob=("prob", "mean"))
+        return LabelRun(float(roc_auc_score(per_patient["label"], per_patient["prob"])),
+                        per_patient["prob"], float(np.mean(losses)), float(np.mean(entropies)))
+
+
+def permutation_run_aucs(source: SliceSource, work_dir: str | Path, profile: Profile,
+                         combo: int | str, seed: int, patient_ids: pd.Series,
+                         labels: np.ndarray, n_permutations: int, path: Path) -> np.ndarray:
+    """The FC head's patient AUC under permutations 1..n of `labels` (per patient, in the order
+    of `patient_ids`), kept in `path` (csv: permutation, patient_auc) and extended on reruns."""
+    from .significance import permuted_labels
+
+    done = pd.read_csv(path) if path.exists() else pd.DataFrame(
+        columns=["permutation", "patient_auc"])
+    have = dict(zip(done["permutation"].astype(int), done["patient_auc"], strict=True))
+    todo = [k for k in range(1, n_permutations + 1) if k not in have]
+    if todo:
+        heads = FoldHeads(source, work_dir, profile, combo, seed)
+        pids = source.index["patient_id"].astype(str)
+        started = time.perf_counter()
+        for k in todo:
+            permuted = permuted_labels(np.asarray(labels), seed, k)
+            mapping = dict(zip(patient_ids.astype(str), permuted, strict=True))
+            have[k] = heads.run(pids.map(mapping).to_numpy(np.int64)).patient_auc
+            write_csv_atomic(pd.DataFrame({"permutation": list(have),
+                                           "patient_auc": list(have.values())}), path)
+        record_timing(work_dir, f"FC permutations combo{int(heads.combination.number):02d}",
+                      time.perf_counter() - started)
+    return np.array([have[k] for k in range(1, n_permutations + 1)])
+
+
+def learning_check(run: TrainingRun) -> pd.DataFrame:
+    """Per fold: does the FC head learn? Training loss at the restored epoch against the entropy
+    of the training prior (nats; a head that learnt nothing sits at the entropy), and the
+    spread of its test probabilities (interquartile range; 0 = constant predictions)."""
+    preds = run.predictions
+    total_pos, total = int(preds["label"].sum()), len(preds)
+    rows = []
+    for fold in run.fold_metrics.itertuples():
+        test = preds[preds["fold"] == fold.fold]
+        prior = (total_pos - int(test["label"].sum())) / max(1, total - len(test))
+        entropy = (-(prior * math.log(prior) + (1 - prior) * math.log(1 - prior))
+                   if 0 < prior < 1 else 0.0)
+        history = run.history[(run.history["fold"] == fold.fold)
+                              & (run.history["phase"] == "train")]
+        at_best = history[history["epoch"] == fold.best_epoch]["loss"]
+        loss = float(at_best.iloc[0]) if len(at_best) else math.nan
+        q75, q25 = np.percentile(test["prob"], [75, 25])
+        rows.append({"fold": fold.fold, "prior_entropy": entropy, "train_loss_restored": loss,
+                     "loss_over_entropy": loss / entropy if entropy else math.nan,
+                     "first_epoch_loss": float(history["loss"].iloc[0]) if len(history)
+                     else math.nan, "test_prob_iqr": float(q75 - q25),
+                     "test_prob_min": float(test["prob"].min()),
+                     "test_prob_max": float(test["prob"].max())})
+    return pd.DataFrame(rows)
