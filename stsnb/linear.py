@@ -42,7 +42,7 @@ CELLS = 7
 #: centring alone makes one of them zero).
 _RANK_TOL = 1e-10
 #: Newton stops once no training margin moves by more than this (logits).
-_MARGIN_TOL = 1e-9
+_MARGIN_TOL = 1e-6
 _MAX_NEWTON = 100
 #: Two mean inner AUCs closer than this count as a tie.
 _TIE_TOL = 1e-12
@@ -241,17 +241,19 @@ def _row_space(x_train: np.ndarray, n_train: np.ndarray, x_test: np.ndarray,
     d <= a the standardised rows themselves are returned (B, a, d), (B, t, d).
     """
     a, t = x_train.shape[1], x_test.shape[1]
-    mask = (np.arange(a) < n_train[:, None])[..., None]
+    rows = (np.arange(a) < n_train[:, None]).astype(np.float64)
     n = n_train[:, None].astype(np.float64)
-    mean = np.where(mask, x_train, 0.0).sum(axis=1) / n
-    centred = np.where(mask, x_train - mean[:, None], 0.0)
-    var = (centred**2).sum(axis=1) / n
+    mean = (rows[:, None, :] @ x_train)[:, 0] / n
+    z_train = x_train - mean[:, None]
+    z_train *= rows[..., None]
+    var = np.einsum("bad,bad->bd", z_train, z_train) / n
     eps = np.finfo(np.float64).eps
     constant = var <= n * eps * var + (n * mean * eps) ** 2
-    scale = np.where(constant, 1.0, np.sqrt(var))
-    z_train = centred / scale[:, None]
-    test_mask = (np.arange(t) < n_test[:, None])[..., None]
-    z_test = np.where(test_mask, (x_test - mean[:, None]) / scale[:, None], 0.0)
+    scale = np.where(constant, 1.0, np.sqrt(var))[:, None]
+    z_train /= scale
+    z_test = x_test - mean[:, None]
+    z_test /= scale
+    z_test *= (np.arange(t) < n_test[:, None])[..., None]
     if z_train.shape[2] <= a:  # no fewer features than rows: the features themselves
         return z_train, z_test
     # A contiguous copy of the transpose: numpy hands Z @ Z^T of one buffer to BLAS syrk, which
@@ -269,78 +271,92 @@ def _sigmoid(m: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * m))
 
 
-def _objective(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray,
-               beta: np.ndarray, margins: np.ndarray) -> np.ndarray:
+def _objective(y: np.ndarray, w: np.ndarray, c: np.ndarray, beta: np.ndarray,
+               margins: np.ndarray) -> np.ndarray:
     loss = (w * (np.logaddexp(0.0, margins) - y * margins)).sum(axis=1)
     return c * loss + 0.5 * (beta**2).sum(axis=1)
 
 
-def _newton(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray,
-            source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weights and intercepts of L2 logistic regressions, one per problem.
+def _newton(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray, source: np.ndarray,
+            start: np.ndarray | None = None) -> np.ndarray:
+    """Weights and intercept of L2 logistic regressions, one per problem: theta (Q, r + 1).
 
     Problem q has features f[source[q]] (n, r), labels y[source[q]], row weights w[source[q]]
     (1 for a training row, 0 for padding) and inverse penalty c[q]; it minimises
-    c * sum_i w_i logloss_i + |beta|^2 / 2 (intercept unpenalised). Damped Newton from the
-    intercept-only start; returns beta (Q, r), b (Q,).
+    c * sum_i w_i logloss_i + |beta|^2 / 2 over theta = (beta, intercept), the intercept
+    unpenalised. Newton's method with a backtracking (Armijo) line search from `start` (or the
+    intercept-only model), each problem until its step moves no margin by more than
+    `_MARGIN_TOL`.
     """
     n_problems, r = len(c), f.shape[2]
+    design = np.concatenate([f, np.ones(f.shape[:2] + (1,))], axis=2)
     ys, ws = y[source], w[source]
-    rate = np.clip((ws * ys).sum(1) / ws.sum(1), 1e-6, 1 - 1e-6)
-    beta = np.zeros((n_problems, r))
-    bias = np.log(rate / (1 - rate))
+    if start is None:
+        rate = np.clip((ws * ys).sum(1) / ws.sum(1), 1e-6, 1 - 1e-6)
+        theta = np.zeros((n_problems, r + 1))
+        theta[:, r] = np.log(rate / (1 - rate))
+    else:
+        theta = start.copy()
     active = np.arange(n_problems)
+    diagonal = np.arange(r + 1)
     penalty = np.ones(r + 1)
-    penalty[-1] = 1e-12  # the intercept: unpenalised, a hair of curvature for safety
+    penalty[r] = 1e-12  # the intercept: unpenalised, a hair of curvature for safety
     for _ in range(_MAX_NEWTON):
         if not active.size:
             break
-        fa, ya, wa, ca = f[source[active]], ys[active], ws[active], c[active]
-        ba, bb = beta[active], bias[active]
-        margins = (fa @ ba[:, :, None])[..., 0] + bb[:, None]
+        da, ya, wa, ca, ta = design[source[active]], ys[active], ws[active], c[active], theta[
+            active]
+        margins = (da @ ta[..., None])[..., 0]
         prob = _sigmoid(margins)
         resid = ca[:, None] * wa * (prob - ya)
-        grad = np.concatenate([(resid[:, None, :] @ fa)[:, 0] + ba,
-                               resid.sum(1, keepdims=True)], axis=1)
+        grad = (resid[:, None, :] @ da)[:, 0] + penalty * ta
         curv = ca[:, None] * wa * prob * (1 - prob)
-        design = np.concatenate([fa, np.ones(fa.shape[:2] + (1,))], axis=2)
-        hess = design.transpose(0, 2, 1) @ (design * curv[..., None])
-        hess[:, np.arange(r + 1), np.arange(r + 1)] += penalty
+        hess = da.transpose(0, 2, 1) @ (da * curv[..., None])
+        hess[:, diagonal, diagonal] += penalty
         step = -np.linalg.solve(hess, grad[..., None])[..., 0]
-        move = (design @ step[..., None])[..., 0]
+        move = (da @ step[..., None])[..., 0]
         slope = (grad * step).sum(1)
-        before = _objective(fa, ya, wa, ca, ba, margins)
+        before = _objective(ya, wa, ca, ta[:, :r], margins)
         size = np.ones(len(active))
         todo = np.arange(len(active))
         for _ in range(40):
-            trial_margins = margins[todo] + size[todo, None] * move[todo]
-            trial_beta = ba[todo] + size[todo, None] * step[todo, :r]
-            after = _objective(fa[todo], ya[todo], wa[todo], ca[todo], trial_beta,
-                               trial_margins)
+            trial = ta[todo] + size[todo, None] * step[todo]
+            after = _objective(ya[todo], wa[todo], ca[todo], trial[:, :r],
+                               margins[todo] + size[todo, None] * move[todo])
             slack = 1e-13 * (1 + np.abs(before[todo]))
             ok = after <= before[todo] + 1e-4 * size[todo] * slope[todo] + slack
             todo = todo[~ok]
             if not todo.size:
                 break
             size[todo] *= 0.5
-        beta[active] = ba + size[:, None] * step[:, :r]
-        bias[active] = bb + size * step[:, r]
+        theta[active] = ta + size[:, None] * step
         done = size * np.abs(move).max(axis=1) < _MARGIN_TOL
         active = active[~done]
-    return beta, bias
+    return theta
 
 
 def _fit_batch(x_train: np.ndarray, y_train: np.ndarray, n_train: np.ndarray,
                x_test: np.ndarray, n_test: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Test probabilities (B, k, t) of B padded training sets, each fitted for its k values
-    of C (`c` (B, k))."""
+    of C (`c` (B, k)).
+
+    The k fits of a set run from the smallest C up, each starting from the previous solution
+    (a continuation path: a few Newton steps per C instead of many from scratch).
+    """
     f_train, f_test = _row_space(x_train, n_train, x_test, n_test)
     weights = (np.arange(x_train.shape[1]) < n_train[:, None]).astype(np.float64)
+    y = y_train.astype(np.float64)
     n_sets, k = c.shape
-    source = np.repeat(np.arange(n_sets), k)
-    beta, bias = _newton(f_train, y_train.astype(np.float64), weights, c.ravel(), source)
-    margins = (f_test[source] @ beta[:, :, None])[..., 0] + bias[:, None]
-    return _sigmoid(margins).reshape(n_sets, k, -1)
+    sets = np.arange(n_sets)
+    order = np.argsort(c, axis=1, kind="stable")
+    prob = np.empty((n_sets, k, x_test.shape[1]))
+    theta = None
+    for j in range(k):
+        column = order[:, j]
+        theta = _newton(f_train, y, weights, c[sets, column], sets, theta)
+        margins = (f_test @ theta[:, :-1, None])[..., 0] + theta[:, -1:]
+        prob[sets, column] = _sigmoid(margins)
+    return prob
 
 
 def _check_cs(cs: Sequence[float] | np.ndarray) -> np.ndarray:
