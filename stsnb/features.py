@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError
 from .manifest import software_key
-from .model import N_FEATURES, ModelBundle, backbone_forward, prepare_backbone
+from .model import N_FEATURES, ModelBundle, backbone_forward, backbone_name, prepare_backbone
 from .store import (
     atomic_path,
     hash_config,
@@ -220,8 +220,8 @@ def cached_features(source: SliceSource, work_dir: str | Path, channels: Sequenc
     if missing:
         n_rows = sum(len(where) for _, where in missing)
         require_free_space(root.parent, feature_bytes(n_rows, precision),
-                           f"the {bundle.weights.backbone} features of {len(missing)} patients "
-                           f"({n_rows} slices)")
+                           f"the {backbone_name(bundle.weights.backbone)} features of "
+                           f"{len(missing)} patients ({n_rows} slices)")
         prepare_backbone(bundle, device, precision)
     bar = tqdm(total=len(missing), desc="features", unit="patient", disable=not progress,
                leave=False)

@@ -42,8 +42,11 @@ CELLS = 7
 #: centring alone makes one of them zero).
 _RANK_TOL = 1e-10
 #: Newton stops once no training margin moves by more than this (logits).
-_MARGIN_TOL = 1e-6
+_MARGIN_TOL = 1e-4
 _MAX_NEWTON = 100
+#: C of an outer fold with fewer than 2 training patients of a class (no inner split possible;
+#: sklearn's default C). Only tiny cohorts (the smoke tests) reach it.
+FALLBACK_C = 1.0
 #: Two mean inner AUCs closer than this count as a tie.
 _TIE_TOL = 1e-12
 
@@ -234,32 +237,62 @@ def _row_space(x_train: np.ndarray, n_train: np.ndarray, x_test: np.ndarray,
     """Row-space coordinates of a batch of training sets and their test rows.
 
     `x_train` (B, a, d) and `x_test` (B, t, d) hold each set's rows in their first `n_train`
-    (`n_test`) positions (the rest is padding). The rows are standardised with their training
-    set's mean and standard deviation (as StandardScaler, constant features left unscaled) and
-    returned as F_train (B, a, a), F_test (B, t, a): dot products with an orthonormal basis of
-    the span of the standardised training rows (zero columns where the span is smaller). With
-    d <= a the standardised rows themselves are returned (B, a, d), (B, t, d).
+    (`n_test`) positions (the rest is padding); both are overwritten. The rows are standardised
+    with their training set's mean and standard deviation (as StandardScaler, constant features
+    left unscaled). With d <= a these standardised rows are returned; otherwise coordinates
+    F_train (B, a, a), F_test (B, t, a) with the same inner products as the standardised rows
+    (up to a constant column, which the unpenalised intercept absorbs): see `_factor`.
     """
     a, t = x_train.shape[1], x_test.shape[1]
     rows = (np.arange(a) < n_train[:, None]).astype(np.float64)
+    test_rows = (np.arange(t) < n_test[:, None]).astype(np.float64)
     n = n_train[:, None].astype(np.float64)
     mean = (rows[:, None, :] @ x_train)[:, 0] / n
-    z_train = x_train - mean[:, None]
+    z_train = np.subtract(x_train, mean[:, None], out=x_train)
     z_train *= rows[..., None]
     var = np.einsum("bad,bad->bd", z_train, z_train) / n
     eps = np.finfo(np.float64).eps
     constant = var <= n * eps * var + (n * mean * eps) ** 2
     scale = np.where(constant, 1.0, np.sqrt(var))[:, None]
     z_train /= scale
-    z_test = x_test - mean[:, None]
+    z_test = np.subtract(x_test, mean[:, None], out=x_test)
     z_test /= scale
-    z_test *= (np.arange(t) < n_test[:, None])[..., None]
-    if z_train.shape[2] <= a:  # no fewer features than rows: the features themselves
+    z_test *= test_rows[..., None]
+    if z_train.shape[2] <= a:  # no more features than rows: the features themselves
         return z_train, z_test
-    # A contiguous copy of the transpose: numpy hands Z @ Z^T of one buffer to BLAS syrk, which
-    # is far slower for a stack of small matrices than gemm.
-    z_t = np.ascontiguousarray(z_train.transpose(0, 2, 1))
-    kernel, cross = z_train @ z_t, z_test @ z_t
+    # BLAS on one thread (see `one_blas_thread`): a threaded syrk is pathologically slow here.
+    kernel = z_train @ z_train.transpose(0, 2, 1)
+    cross = z_test @ z_train.transpose(0, 2, 1)
+    return _factor(kernel, cross, rows, test_rows)
+
+
+def _factor(kernel: np.ndarray, cross: np.ndarray, rows: np.ndarray,
+            test_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F_train (B, a, a), F_test (B, t, a) with F_train F_train^T = K + s^2 1 1^T and
+    F_test F_train^T = K_test + s^2 1 1^T (over the real rows; identity on the padding).
+
+    Adding the constant feature s to every row changes nothing: its weight can move into the
+    unpenalised intercept at no cost, so it is 0 at the optimum. It removes the zero eigenvalue
+    of centring, so K + s^2 1 1^T is usually positive definite and its Cholesky factor serves
+    as F_train; otherwise (repeated or collinear rows) the eigendecomposition of K gives an
+    orthonormal basis of the row space, dropping null directions.
+    """
+    n = rows.sum(axis=1)
+    trace = np.trace(kernel, axis1=1, axis2=2)
+    s2 = np.where(trace > 0, trace / n, 1.0)[:, None, None]
+    lifted = kernel + s2 * (rows[:, :, None] * rows[:, None, :])
+    a = kernel.shape[1]
+    lifted[:, np.arange(a), np.arange(a)] += 1.0 - rows
+    try:
+        lower = np.linalg.cholesky(lifted)
+    except np.linalg.LinAlgError:
+        lower = None
+    if lower is not None:
+        pivots = np.diagonal(lower, axis1=1, axis2=2) ** 2
+        if np.all(pivots >= _RANK_TOL * s2[:, :, 0]):
+            lifted_cross = cross + s2 * (test_rows[:, :, None] * rows[:, None, :])
+            f_test = np.linalg.solve(lower, lifted_cross.transpose(0, 2, 1)).transpose(0, 2, 1)
+            return lower, f_test
     eigval, eigvec = np.linalg.eigh(kernel)
     keep = eigval > _RANK_TOL * np.maximum(eigval[:, -1:], 0.0)
     root = np.sqrt(np.where(keep, eigval, 0.0))
@@ -277,12 +310,18 @@ def _objective(y: np.ndarray, w: np.ndarray, c: np.ndarray, beta: np.ndarray,
     return c * loss + 0.5 * (beta**2).sum(axis=1)
 
 
-def _newton(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray, source: np.ndarray,
+def _objective_at(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray,
+                  theta: np.ndarray) -> np.ndarray:
+    margins = (f @ theta[:, :-1, None])[..., 0] + theta[:, -1:]
+    return _objective(y, w, c, theta[:, :-1], margins)
+
+
+def _newton(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray,
             start: np.ndarray | None = None) -> np.ndarray:
     """Weights and intercept of L2 logistic regressions, one per problem: theta (Q, r + 1).
 
-    Problem q has features f[source[q]] (n, r), labels y[source[q]], row weights w[source[q]]
-    (1 for a training row, 0 for padding) and inverse penalty c[q]; it minimises
+    Problem q has features f[q] (n, r), labels y[q], row weights w[q] (1 for a training row, 0
+    for padding) and inverse penalty c[q]; it minimises
     c * sum_i w_i logloss_i + |beta|^2 / 2 over theta = (beta, intercept), the intercept
     unpenalised. Newton's method with a backtracking (Armijo) line search from `start` (or the
     intercept-only model), each problem until its step moves no margin by more than
@@ -290,7 +329,7 @@ def _newton(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray, source: 
     """
     n_problems, r = len(c), f.shape[2]
     design = np.concatenate([f, np.ones(f.shape[:2] + (1,))], axis=2)
-    ys, ws = y[source], w[source]
+    ys, ws = y, w
     if start is None:
         rate = np.clip((ws * ys).sum(1) / ws.sum(1), 1e-6, 1 - 1e-6)
         theta = np.zeros((n_problems, r + 1))
@@ -304,8 +343,11 @@ def _newton(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray, source: 
     for _ in range(_MAX_NEWTON):
         if not active.size:
             break
-        da, ya, wa, ca, ta = design[source[active]], ys[active], ws[active], c[active], theta[
-            active]
+        if len(active) == n_problems:
+            da, ya, wa, ca, ta = design, ys, ws, c, theta
+        else:
+            da, ya, wa, ca = design[active], ys[active], ws[active], c[active]
+            ta = theta[active]
         margins = (da @ ta[..., None])[..., 0]
         prob = _sigmoid(margins)
         resid = ca[:, None] * wa * (prob - ya)
@@ -349,11 +391,23 @@ def _fit_batch(x_train: np.ndarray, y_train: np.ndarray, n_train: np.ndarray,
     n_sets, k = c.shape
     sets = np.arange(n_sets)
     order = np.argsort(c, axis=1, kind="stable")
+    log_c = np.log(np.take_along_axis(c, order, axis=1))
     prob = np.empty((n_sets, k, x_test.shape[1]))
-    theta = None
+    theta = previous = None
     for j in range(k):
         column = order[:, j]
-        theta = _newton(f_train, y, weights, c[sets, column], sets, theta)
+        cs = c[sets, column]
+        start = theta
+        if previous is not None:  # the secant of the path in log C, if it starts lower
+            gap = log_c[:, j - 1] - log_c[:, j - 2]
+            ratio = np.divide(log_c[:, j] - log_c[:, j - 1], gap, out=np.zeros(n_sets),
+                              where=gap > 0)
+            guess = theta + ratio[:, None] * (theta - previous)
+            better = (_objective_at(f_train, y, weights, cs, guess)
+                      < _objective_at(f_train, y, weights, cs, theta))
+            start = np.where(better[:, None], guess, theta)
+        previous = theta
+        theta = _newton(f_train, y, weights, cs, start)
         margins = (f_test @ theta[:, :-1, None])[..., 0] + theta[:, -1:]
         prob[sets, column] = _sigmoid(margins)
     return prob
@@ -370,8 +424,8 @@ def fit_predict_logistic(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
                          Cs: Sequence[float] | np.ndarray = DEFAULT_CS) -> np.ndarray:
     """(len(Cs), n_test) probabilities of class 1 from StandardScaler + L2 logistic regression
     fitted on (X_train, y_train) for each C (sklearn's inverse penalty)."""
-    x_train = np.asarray(X_train, dtype=np.float64)
-    x_test = np.asarray(X_test, dtype=np.float64)
+    x_train = np.array(X_train, dtype=np.float64)  # copies: the solver works in place
+    x_test = np.array(X_test, dtype=np.float64)
     y = _check_labels(y_train)
     if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
         raise ConfigError(f"fit_predict_logistic needs 2-d training and test rows with the same "
@@ -397,14 +451,21 @@ def _pad(groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths
 
 
+def _gather(stack: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Rows `index` (S, a) of every matrix in `stack` (m, p, d), as one (m * S, a, d) array."""
+    m, _, d = stack.shape
+    return np.take(stack, index.ravel(), axis=1).reshape(m * len(index), index.shape[1], d)
+
+
 def _inner_splits(train: np.ndarray, y: np.ndarray, inner_folds: int,
                   seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     counts = np.bincount(y[train], minlength=2)
     k = int(min(inner_folds, counts.min()))
-    if k < 2:
-        raise ConfigError(f"Choosing C needs at least 2 training patients of each class per "
-                          f"outer fold; one has {int(counts[0])} negatives and {int(counts[1])} "
-                          "positives. Fix: use fewer outer folds or more patients.")
+    if counts.min() < 1:
+        raise ConfigError(f"An outer training fold has a single class ({int(counts[0])} "
+                          f"negatives, {int(counts[1])} positives). Fix: fewer outer folds.")
+    if k < 2:  # too few patients of a class to choose C: FALLBACK_C (recorded, inner AUC NaN)
+        return []
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(train[a], train[b]) for a, b in splitter.split(np.zeros(len(train)), y[train])]
 
@@ -444,29 +505,33 @@ def _nested_cv_batch(stack: np.ndarray, y: np.ndarray, test_folds: Sequence[np.n
     # Phase 1: every inner split of every outer training set, for every C and every matrix.
     splits = [(o, tr, te) for o, train in enumerate(trains)
               for tr, te in _inner_splits(train, y, int(inner_folds), seed)]
-    tr_idx, tr_n = _pad([s[1] for s in splits])
-    te_idx, te_n = _pad([s[2] for s in splits])
-    n_splits = len(splits)
-    x_tr = stack[:, tr_idx].reshape(m * n_splits, tr_idx.shape[1], -1)
-    x_te = stack[:, te_idx].reshape(m * n_splits, te_idx.shape[1], -1)
-    prob = _fit_batch(x_tr, np.tile(y[tr_idx], (m, 1)), np.tile(tr_n, m), x_te,
-                      np.tile(te_n, m), np.broadcast_to(cs, (m * n_splits, len(cs))))
-    prob = prob.reshape(m, n_splits, len(cs), -1)
     inner = np.zeros((m, n_folds, len(cs)))
     count = np.zeros(n_folds)
-    for s, (o, _, te) in enumerate(splits):
-        inner[:, o] += roc_auc(y[te], prob[:, s, :, :len(te)])
-        count[o] += 1
-    inner /= count[None, :, None]
+    if splits:
+        tr_idx, tr_n = _pad([s[1] for s in splits])
+        te_idx, te_n = _pad([s[2] for s in splits])
+        n_splits = len(splits)
+        prob = _fit_batch(_gather(stack, tr_idx), np.tile(y[tr_idx], (m, 1)), np.tile(tr_n, m),
+                          _gather(stack, te_idx), np.tile(te_n, m),
+                          np.broadcast_to(cs, (m * n_splits, len(cs))))
+        prob = prob.reshape(m, n_splits, len(cs), -1)
+        for s, (o, _, te) in enumerate(splits):
+            inner[:, o] += roc_auc(y[te], prob[:, s, :, :len(te)])
+            count[o] += 1
+    no_inner = count == 0  # folds too small for an inner split: FALLBACK_C
+    inner /= np.maximum(count, 1)[None, :, None]
+    inner[:, no_inner] = 0.0
     best = inner.max(axis=2, keepdims=True)
     tied = inner >= best - _TIE_TOL
     chosen = np.where(tied, cs, np.inf).min(axis=2)  # ties: the smaller C
+    chosen[:, no_inner] = FALLBACK_C
+    best[:, no_inner] = np.nan
     # Phase 2: each outer training set refitted with its chosen C.
     otr_idx, otr_n = _pad(trains)
     ote_idx, ote_n = _pad(folds)
-    out = _fit_batch(stack[:, otr_idx].reshape(m * n_folds, otr_idx.shape[1], -1),
+    out = _fit_batch(_gather(stack, otr_idx),
                      np.tile(y[otr_idx], (m, 1)), np.tile(otr_n, m),
-                     stack[:, ote_idx].reshape(m * n_folds, ote_idx.shape[1], -1),
+                     _gather(stack, ote_idx),
                      np.tile(ote_n, m), chosen.reshape(-1, 1))
     out = out.reshape(m, n_folds, -1)
     probs = np.zeros((m, len(y)))

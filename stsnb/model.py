@@ -468,9 +468,14 @@ def prepare_backbone(bundle: ModelBundle, device: torch.device, precision: str) 
         bundle.model.features.to(memory_format=torch.channels_last)
 
 
+def backbone_name(backbone: str) -> str:
+    """'vgg19' -> 'VGG-19' (for text)."""
+    return str(backbone).upper().replace("VGG", "VGG-")
+
+
 def network_sentence(weights: dict[str, Any]) -> str:
     """One line on which network a result comes from (a weights manifest entry, WeightsInfo's)."""
-    backbone = str(weights.get("backbone", "vgg19")).upper().replace("VGG", "VGG-")
+    backbone = backbone_name(weights.get("backbone", "vgg19"))
     summary = weights.get("summary", "unknown weights")
     if not weights.get("pretrained", False):
         return (f"Network: {backbone} with **random weights** ({summary}): not transfer "
