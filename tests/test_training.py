@@ -246,7 +246,7 @@ def test_cached_training_equals_the_naive_loop_exactly_in_float64(bundle, slices
     config = replace(SMOKE.training, batch_size=8, max_epochs=2, patience=2)
     values = frozen_features(bundle, slices, combination.channels)
     outcomes = {form: cross_validate(slices, combination, plan, bundle, config, 0, CPU, "fp32",
-                                     form, values, dtype=torch.float64)[0]
+                                     form, values, dtype=torch.float64, scaling="none")[0]
                 for form in ("dual", "naive")}
     dual, naive = outcomes["dual"], outcomes["naive"]
     np.testing.assert_allclose(dual.test_prob, naive.test_prob, rtol=0, atol=1e-10)
@@ -262,8 +262,9 @@ def test_cached_training_matches_the_naive_loop_in_float32(bundle, slices):
     config = replace(SMOKE.training, batch_size=8, max_epochs=2, patience=2)
     values = frozen_features(bundle, slices, combination.channels)
     dual = cross_validate(slices, combination, plan, bundle, config, 0, CPU, "fp32", "dual",
-                          values)[0]
-    naive = cross_validate(slices, combination, plan, bundle, config, 0, CPU, "fp32", "naive")[0]
+                          values, scaling="none")[0]
+    naive = cross_validate(slices, combination, plan, bundle, config, 0, CPU, "fp32", "naive",
+                           scaling="none")[0]
     np.testing.assert_allclose(dual.test_prob, naive.test_prob, rtol=0, atol=1e-4)
     assert dual.best_epoch == naive.best_epoch
 
