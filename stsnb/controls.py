@@ -108,11 +108,12 @@ class ControlResults:
 
 
 def best_showing(table: pd.DataFrame, modalities: tuple[str, ...]) -> int:
-    """The combination with T2w or CE-T1w with the highest AUC in `table` (combo, patient_auc)."""
+    """The combination with T2w or CE-T1w with the highest AUC in `table` (combo, patient_auc);
+    the best of all where no combination holds them (a cohort without those images)."""
     showing = [c for c in table["combo"]
                if set(resolve_combo(int(c), modalities).channels) & set(SHOWING)]
-    ranked = table[table["combo"].isin(showing)].sort_values(["patient_auc", "combo"],
-                                                             ascending=[False, True])
+    pool = table[table["combo"].isin(showing)] if showing else table
+    ranked = pool.sort_values(["patient_auc", "combo"], ascending=[False, True])
     return int(ranked["combo"].iloc[0])
 
 
@@ -192,7 +193,7 @@ def controls_summary(results: ControlResults, alpha: float = 0.05) -> str:
             f"{int(best.n_permutations)} permutations); {significant} of {len(part)} "
             f"combinations with uncorrected p < {alpha}.")
     positive = linear[linear["kind"] == "positive"].set_index("combo")["patient_auc"]
-    if 1 in positive.index:
+    if 1 in positive.index and len(positive) > 1:
         rank = int((positive > positive[1]).sum()) + 1
         lines.append(f"Combination 1 (no T2w, no CE-T1w) ranks {rank} of {len(positive)} on the "
                      f"positive control (AUC {positive[1]:.2f}).")
