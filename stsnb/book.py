@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,11 +110,25 @@ def failure_message(source: str, page: str, run: str | None, where: str, error: 
             "correct the input or setting it names, and run again (finished work is reused).")
 
 
-def _cell_text(source: str) -> str:
-    """The first code line of a cell, shortened, for an error message."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILING_LINE = re.compile(r"^-+>\s*\d+\s+(.*)$")
+
+
+def _cell_text(source: str, traceback: list[str] | None = None) -> str:
+    """The cell's line that raised (from the kernel's traceback), else its first code line,
+    shortened, for an error message."""
+    failing = ""
+    for entry in traceback or []:
+        for line in _ANSI.sub("", entry).splitlines():
+            found = _FAILING_LINE.match(line.strip())
+            if found and found.group(1).strip():
+                failing = found.group(1).strip()
+                break
+        if failing:
+            break
     lines = [line.strip() for line in source.splitlines()
              if line.strip() and not line.strip().startswith("#")]
-    first = lines[0] if lines else ""
+    first = failing or (lines[0] if lines else "")
     return first if len(first) <= 70 else first[:67] + "..."
 
 
@@ -165,7 +180,7 @@ def execute_chapter(
     except PapermillExecutionError as exc:
         os.replace(tmp, target)
         where = (f"code cell {exc.exec_count} (cell {exc.cell_index + 1} of the notebook, "
-                 f"`{_cell_text(exc.source)}`)")
+                 f"`{_cell_text(exc.source, exc.traceback)}`)")
         raise StsnbError(failure_message(source.name, stage_name or name, run, where,
                                          f"{exc.ename}: {exc.evalue}", target)) from exc
     except (DeadKernelError, CellTimeoutError) as exc:

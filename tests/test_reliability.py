@@ -360,3 +360,22 @@ def test_a_failing_chapter_stops_the_batch_naming_notebook_combination_and_cell(
     before = done[0].stat().st_mtime_ns
     again = batch.run_training_batch(reference["cohort"], work, combos=[2], **kwargs)
     assert again[0].stat().st_mtime_ns != before and batch.notebook_errors(again[0]) == []
+
+
+def test_a_failure_message_quotes_the_line_that_raised_not_the_cell_s_first(tmp_path):
+    """The kernel's traceback names the failing line; the message quotes it (colour codes
+    removed), so a reader sees `y = 1 / 0` and not the cell's unrelated first line."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from stsnb.book import _cell_text
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = None\nif x is None:\n    y = 1 / 0\nz = 2")]
+    source = tmp_path / "fails.ipynb"
+    nbformat.write(nb, source)
+    with pytest.raises(PapermillExecutionError) as caught:
+        papermill.execute_notebook(str(source), str(tmp_path / "out.ipynb"),
+                                   kernel_name="python3", progress_bar=False)
+    assert _cell_text(caught.value.source, caught.value.traceback) == "y = 1 / 0"
+    assert _cell_text(caught.value.source, None) == "x = None"
