@@ -117,15 +117,9 @@ _FAILING_LINE = re.compile(r"^-+>\s*\d+\s+(.*)$")
 def _cell_text(source: str, traceback: list[str] | None = None) -> str:
     """The cell's line that raised (from the kernel's traceback), else its first code line,
     shortened, for an error message."""
-    failing = ""
-    for entry in traceback or []:
-        for line in _ANSI.sub("", entry).splitlines():
-            found = _FAILING_LINE.match(line.strip())
-            if found and found.group(1).strip():
-                failing = found.group(1).strip()
-                break
-        if failing:
-            break
+    marked = (_FAILING_LINE.match(line.strip()) for entry in traceback or []
+              for line in _ANSI.sub("", entry).splitlines())
+    failing = next((m.group(1).strip() for m in marked if m and m.group(1).strip()), "")
     lines = [line.strip() for line in source.splitlines()
              if line.strip() and not line.strip().startswith("#")]
     first = failing or (lines[0] if lines else "")
