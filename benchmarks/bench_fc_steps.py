@@ -1,15 +1,16 @@
 """Does the study's FC head learn, and how many SGD steps does it need? (chapter 04's settings)
 
     .venv/bin/python benchmarks/bench_fc_steps.py --work work --cohort data/synthetic \
-        [--combo 10] [--settings 8:3 20:6 40:10] [--labels positive outcome] [--json out.json]
+        [--combo 10] [--settings 8:3 20:6 40:10:0.001] [--labels positive outcome] [--json out.json]
 
 On a built quick-profile work dir (chapter 03's slice store; the combination's feature cache is
 made when absent), the FC head's whole cross-validation under each (max_epochs:patience)
-setting, for the positive control's labels (top third by necrosis fraction) and the recorded
+setting (and learning rate, when given), for the positive control's labels (top third by
+necrosis fraction) and the recorded
 outcome: SGD steps taken (sum over folds), training loss at the restored epoch against the
 entropy of the training prior, patient AUC, the interquartile range of the test probabilities
 and the seconds of the heads (features excluded). Only the head retrains; the rest of the
-profile (folds, batch, learning rate, feature standardisation) is the quick profile's.
+profile (folds, batch, learning rate, feature scaling) is the quick profile's.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from stsnb.controls import control_labels  # noqa: E402
 from stsnb.features import cached_features, resolve_device, resolve_precision  # noqa: E402
 from stsnb.folds import make_folds, patient_table  # noqa: E402
 from stsnb.model import build_model  # noqa: E402
-from stsnb.training import cross_validate, open_slices  # noqa: E402
+from stsnb.training import cross_validate, head_training, open_slices  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -55,8 +56,10 @@ def main() -> int:
     parser.add_argument("--cohort", default="data/synthetic")
     parser.add_argument("--combo", type=int, default=10)
     parser.add_argument("--settings", nargs="*", default=["8:3", "20:6", "40:10"],
-                        help="max_epochs:patience pairs")
+                        help="max_epochs:patience[:learning_rate] settings")
     parser.add_argument("--labels", nargs="*", default=["positive", "outcome"])
+    parser.add_argument("--scaling", nargs="*", default=[None],
+                        help="feature scalings to compare (default: the weights' own)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     source = open_slices(args.work, QUICK)
@@ -76,29 +79,33 @@ def main() -> int:
                                          labels_name, 0)
             slice_labels = pids.map(dict(zip(patients["patient_id"], per_patient,
                                              strict=True))).to_numpy(np.int64)
-        for setting in args.settings:
-            epochs, patience = (int(v) for v in setting.split(":"))
+        for setting, scaling in ((s, m) for s in args.settings for m in args.scaling):
+            parts = setting.split(":")
+            epochs, patience = int(parts[0]), int(parts[1])
             config = replace(QUICK.training, max_epochs=epochs, patience=patience)
+            if len(parts) > 2:  # this rate for every weights source
+                config = replace(config, learning_rate=float(parts[2]),
+                                 rescaled_learning_rate=None)
+            rate = head_training(config, bundle.weights).learning_rate
             plan = make_folds(source.index, "patient", config.folds, 0,
                               config.validation_fraction, labels=slice_labels)
             started = time.perf_counter()
             outcomes = cross_validate(source, combination, plan, bundle, config, 0, device,
-                                      "fp32", features=features.values)
+                                      "fp32", features=features.values, scaling=scaling)
             seconds = time.perf_counter() - started
             prob = np.empty(len(plan.labels))
             steps, losses, entropies = 0, [], []
             for fold, outcome in zip(plan.folds, outcomes, strict=True):
                 prob[fold.test] = outcome.test_prob
                 steps += outcome.epochs_run * int(np.ceil(len(fold.train) / config.batch_size))
-                h = outcome.history
-                losses.append(float(h[(h["epoch"] == outcome.best_epoch)
-                                      & (h["phase"] == "train")]["loss"].iloc[0]))
+                losses.append(outcome.restored_train_loss)
                 p = plan.labels[fold.train].mean()
                 entropies.append(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
             per_patient_prob = pd.DataFrame({"pid": plan.patient_ids, "y": plan.labels,
                                              "p": prob}).groupby("pid").mean()
             rows.append({
                 "labels": labels_name, "max_epochs": epochs, "patience": patience,
+                "learning_rate": rate, "scaling": scaling or "default",
                 "steps": steps, "train_loss": float(np.mean(losses)),
                 "loss_over_entropy": float(np.mean(losses) / np.mean(entropies)),
                 "patient_auc": float(roc_auc_score(per_patient_prob["y"],

@@ -68,6 +68,10 @@ class TrainingConfig:
     max_epochs: int = 50  # "for 50 epochs"
     patience: int = 8  # "validation loss did not improve for 8 sequential epochs"
     validation_fraction: float = 0.1  # of the training patients, for early stopping (not stated)
+    # the FC head's learning rate on rescaled features (weights other than the study's, whose
+    # features are divided by their RMS: `training.feature_scaling`), measured with
+    # benchmarks/bench_fc_steps.py; None = learning_rate. The study's weights use learning_rate.
+    rescaled_learning_rate: float | None = 0.001
     control_combos: tuple[int, ...] | str | None = None  # None = controls for every
     # combination; "extremes" = for the best and the worst by patient-level AUC (patient split)
     linear_pooling: str = "gtv"  # linear head: conv maps averaged inside the GTV (or "global")
@@ -114,7 +118,7 @@ QUICK = Profile(
         bspline_samples=10000,
     ),
     preprocessing=PreprocessingConfig(max_slices_per_patient=6),
-    training=TrainingConfig(folds=5, max_epochs=8, patience=3, control_combos="extremes",
+    training=TrainingConfig(folds=5, max_epochs=20, patience=6, control_combos="extremes",
                             linear_permutations=200, fc_permutations=0),
 )
 

@@ -151,10 +151,12 @@ def dense_classifier_state(stored: dict[str, torch.Tensor], first_weight: torch.
 
 
 #: How the frozen features are scaled before the head: 'none' keeps them as they are (the
-#: study's ImageNet VGG-19, the study's settings untouched); 'standardize' z-scores each feature
-#: with its mean and SD over the fold's training slices (other weight sources, whose features
-#: differ from ImageNet VGG's in scale by orders of magnitude: see `feature_scale`).
-SCALINGS = ("none", "standardize")
+#: study's ImageNet VGG-19, the study's settings untouched); 'rms' divides every feature by one
+#: factor, the root mean square of the fold's training features (other weight sources, whose
+#: features differ from ImageNet VGG's in scale by orders of magnitude: see `feature_scale`),
+#: keeping their relative sizes; 'standardize' z-scores each feature on the fold's training
+#: slices (measured worse: it lifts near-constant background features to unit variance).
+SCALINGS = ("none", "standardize", "rms")
 
 
 @dataclass(frozen=True)
@@ -169,9 +171,14 @@ class InputScaling:
         """The scaling `mode` fitted on the training rows (n_train, 25088)."""
         if mode == "none":
             return cls()
-        if mode != "standardize":
+        if mode not in SCALINGS:
             raise ValueError(f"Unknown feature scaling {mode!r}: expected one of {SCALINGS}.")
         wide = train_features.double()
+        if mode == "rms":  # one factor for every feature: their relative sizes are kept
+            rms = float(wide.square().mean().sqrt())
+            factor = 1.0 / rms if rms > 0 else 0.0
+            return cls(torch.zeros(wide.shape[1], dtype=train_features.dtype),
+                       torch.full((wide.shape[1],), factor, dtype=train_features.dtype))
         mean = wide.mean(0)
         sd = wide.std(0, unbiased=False)
         scale = torch.where(sd > 1e-12 * (1.0 + mean.abs()), 1.0 / sd, torch.zeros_like(sd))

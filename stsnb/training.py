@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,8 @@ class FoldOutcome:
     best_val_loss: float
     state: dict[str, torch.Tensor]
     seconds: float
+    #: cross-entropy (nats) of the restored head on its training slices, eval mode (no dropout)
+    restored_train_loss: float = math.nan
 
 
 def check_training_config(config: TrainingConfig) -> None:
@@ -214,6 +216,7 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
             raise StsnbError(f"Fold {fold.number}: the validation loss was never finite "
                              "(training diverged). Fix: lower the learning rate.")
         head.load(stopper.best_state)
+        restored_train_loss, _, _ = evaluate(head, fold.train, labels)
         _, _, test_prob = evaluate(head, fold.test, labels)
     return FoldOutcome(
         number=fold.number,
@@ -223,6 +226,7 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
         epochs_run=epoch,
         stopped_early=epoch < config.max_epochs,
         best_val_loss=stopper.best_loss,
+        restored_train_loss=restored_train_loss,
         state={k: v.detach().cpu() for k, v in stopper.best_state.items()},
         seconds=time.perf_counter() - started,
     )
@@ -264,15 +268,26 @@ def naive_inputs(bundle: ModelBundle, source: SliceSource, channels: tuple[str, 
 
 
 def feature_scaling(weights: WeightsInfo) -> str:
-    """'none' for the study's ImageNet VGG-19 (its settings untouched), else 'standardize'.
+    """'none' for the study's ImageNet VGG-19 (its settings untouched), else 'rms'.
 
     Measured on the quick profile's slice store: the features of other sources differ from
     ImageNet VGG's by orders of magnitude (random VGG-19: mean 0.07, norm 19 per slice; HED
     VGG-16 on Caffe input: mean 5.5, norm 2891), and the study's learning rate and the head's
-    initialisation (N(0, 0.01)) do not train on either. Standardized on the fold's training
-    slices, every source reaches the head on one scale.
+    initialisation (N(0, 0.01)) do not train on either. Divided by the RMS of the fold's
+    training features, every source reaches the head on one scale (norm sqrt(25088) = 158 per
+    slice) with the features' relative sizes kept; on the positive control (combination 10,
+    benchmarks/bench_fc_steps.py) this found the label (patient AUC 0.63-0.65) where per-feature
+    standardisation did not (0.50-0.53).
     """
-    return "none" if weights.is_study_network else "standardize"
+    return "none" if weights.is_study_network else "rms"
+
+
+def head_training(config: TrainingConfig, weights: WeightsInfo) -> TrainingConfig:
+    """The settings the FC head trains with: the study's for the study's weights; on rescaled
+    features (other sources) the learning rate is `rescaled_learning_rate` when set."""
+    if weights.is_study_network or config.rescaled_learning_rate is None:
+        return config
+    return replace(config, learning_rate=config.rescaled_learning_rate)
 
 
 def fold_tables(values: torch.Tensor, fold: Fold, bundle: ModelBundle, mode: str,
@@ -335,6 +350,7 @@ def cross_validate(source: SliceSource, combination: Combination, plan: FoldPlan
             raise ConfigError(f"The {form} head trains on cached features: pass `features`.")
         values = torch.from_numpy(features).to(device=device, dtype=dtype)
     mode = feature_scaling(bundle.weights) if scaling is None else scaling
+    config = head_training(config, bundle.weights)
     outcomes = []
     try:
         shared = None
@@ -491,6 +507,7 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
         **classification_metrics(labels, outcome.test_prob),
         "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
         "stopped_early": outcome.stopped_early, "best_val_loss": outcome.best_val_loss,
+        "restored_train_loss": outcome.restored_train_loss,
         "seconds": round(outcome.seconds, 3), "weights_pretrained": pretrained,
         "sizes": output_sizes([f.name for f in files[:-1]], files[-1].parent),
     }
@@ -501,7 +518,8 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
 FOLD_METRIC_COLUMNS = ("fold", "n_train", "n_val", "n_test", "n_test_patients",
                        "test_patients_in_training", "accuracy", "sensitivity", "specificity",
                        "precision", "f1", "auc", "best_epoch", "epochs_run", "stopped_early",
-                       "best_val_loss", "seconds", "weights_pretrained")
+                       "best_val_loss", "restored_train_loss", "seconds",
+                       "weights_pretrained")
 
 
 def read_run(out: Path, combination: Combination, split: str, reused: bool) -> TrainingRun:
@@ -572,6 +590,7 @@ def _train_folds(out: Path, plan: FoldPlan, features: Features, bundle: ModelBun
     table_seconds = 0.0
     values = labels = shared = None
     mode = feature_scaling(bundle.weights)
+    config = head_training(config, bundle.weights)
     if todo:
         prepare_backbone(bundle, device, "fp32")
         values = torch.from_numpy(features.values).to(device)
@@ -608,7 +627,7 @@ def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Comb
     predictions = pd.concat([pd.read_csv(f / "predictions.csv", dtype={"patient_id": str})
                              for f in folders], ignore_index=True)
     history = pd.concat([pd.read_csv(f / "history.csv") for f in folders], ignore_index=True)
-    metrics = pd.DataFrame(records)[list(FOLD_METRIC_COLUMNS)]
+    metrics = pd.DataFrame(records).reindex(columns=list(FOLD_METRIC_COLUMNS))
     outputs = {"predictions.csv": predictions[list(PREDICTION_COLUMNS)],
                "history.csv": history[list(HISTORY_COLUMNS)], "fold_metrics.csv": metrics}
     (out / RUN_RECORD).unlink(missing_ok=True)  # no record vouches for files being rewritten
@@ -858,8 +877,9 @@ def permutation_run_aucs(source: SliceSource, work_dir: str | Path, profile: Pro
 
 
 def learning_check(run: TrainingRun) -> pd.DataFrame:
-    """Per fold: does the FC head learn? Training loss at the restored epoch against the entropy
-    of the training prior (nats; a head that learnt nothing sits at the entropy), and the
+    """Per fold: does the FC head learn? Training loss of the restored head (its training slices
+    in eval mode) against the entropy of the training prior (nats; a head that learnt nothing
+    sits at the entropy), and the
     spread of its test probabilities (interquartile range; 0 = constant predictions)."""
     preds = run.predictions
     total_pos, total = int(preds["label"].sum()), len(preds)
@@ -871,8 +891,10 @@ def learning_check(run: TrainingRun) -> pd.DataFrame:
                    if 0 < prior < 1 else 0.0)
         history = run.history[(run.history["fold"] == fold.fold)
                               & (run.history["phase"] == "train")]
-        at_best = history[history["epoch"] == fold.best_epoch]["loss"]
-        loss = float(at_best.iloc[0]) if len(at_best) else math.nan
+        loss = float(getattr(fold, "restored_train_loss", math.nan))
+        if math.isnan(loss):  # a run recorded before the restored head's loss was kept
+            at_best = history[history["epoch"] == fold.best_epoch]["loss"]
+            loss = float(at_best.iloc[0]) if len(at_best) else math.nan
         q75, q25 = np.percentile(test["prob"], [75, 25])
         rows.append({"fold": fold.fold, "prior_entropy": entropy, "train_loss_restored": loss,
                      "loss_over_entropy": loss / entropy if entropy else math.nan,

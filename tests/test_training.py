@@ -19,7 +19,7 @@ from torch import nn
 
 from stsnb import training
 from stsnb.combinations import resolve_combo
-from stsnb.config import SMOKE
+from stsnb.config import QUICK, SMOKE
 from stsnb.errors import ConfigError
 from stsnb.features import ArraySlices, cached_features, resolve_device, resolve_precision
 from stsnb.folds import Fold, LeakageError, assert_no_leakage, make_folds, permuted_labels
@@ -347,8 +347,9 @@ def test_training_is_deterministic_on_cpu(tmp_path, finished_run, bundle, slices
 def test_random_label_control_lands_at_chance(tmp_path, bundle):
     """The true labels are learnt; permuted patient labels score at chance on new patients."""
     data = make_slices(n_patients=16, per_patient=2, px=32, signal=0.5, seed=5)
-    profile = small_profile(folds=2, max_epochs=4, batch_size=8, patience=3,
-                            validation_fraction=0.2)
+    quick = QUICK.training  # the quick profile's optimisation of the FC head on rescaled features
+    profile = small_profile(folds=2, max_epochs=quick.max_epochs, batch_size=8,
+                            patience=quick.patience, validation_fraction=0.2)
     auc = {}
     for split, seed in (("patient", 0), ("random", 0), ("random", 1), ("random", 2)):
         run = train_combination(data, tmp_path, profile, combo=1, split=split, seed=seed,
@@ -432,7 +433,7 @@ def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatc
 
 def test_batch_jobs_follow_the_profile():
     from stsnb import batch
-    from stsnb.config import PAPER, QUICK
+    from stsnb.config import PAPER
 
     jobs = batch.training_jobs(QUICK, STUDY_MODALITIES)
     assert jobs == [(n, "patient") for n in range(1, 11)]  # controls wait for the ranking
