@@ -94,20 +94,19 @@ def main() -> int:
                                       "fp32", features=features.values, scaling=scaling)
             seconds = time.perf_counter() - started
             prob = np.empty(len(plan.labels))
-            steps, losses, entropies = 0, [], []
+            steps, losses, constants = 0, [], []
             for fold, outcome in zip(plan.folds, outcomes, strict=True):
                 prob[fold.test] = outcome.test_prob
                 steps += outcome.epochs_run * int(np.ceil(len(fold.train) / config.batch_size))
                 losses.append(outcome.restored_train_loss)
-                p = plan.labels[fold.train].mean()
-                entropies.append(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
+                constants.append(outcome.constant_loss)
             per_patient_prob = pd.DataFrame({"pid": plan.patient_ids, "y": plan.labels,
                                              "p": prob}).groupby("pid").mean()
             rows.append({
                 "labels": labels_name, "max_epochs": epochs, "patience": patience,
                 "learning_rate": rate, "scaling": scaling or "default",
                 "steps": steps, "train_loss": float(np.mean(losses)),
-                "loss_over_entropy": float(np.mean(losses) / np.mean(entropies)),
+                "loss_over_constant": float(np.mean(losses) / np.mean(constants)),
                 "patient_auc": float(roc_auc_score(per_patient_prob["y"],
                                                    per_patient_prob["p"])),
                 "prob_iqr": float(np.subtract(*np.percentile(per_patient_prob["p"], [75, 25]))),

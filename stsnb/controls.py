@@ -100,7 +100,7 @@ class ControlResults:
     """Both controls: the linear head's permutation tests and the FC head's runs."""
 
     linear: pd.DataFrame  # kind, combo, patient_auc, p_value, p_best_corrected, n_permutations
-    fc: pd.DataFrame  # kind, combo, draw, patient_auc, train_loss, prior_entropy
+    fc: pd.DataFrame  # kind, combo, draw, patient_auc, train_loss, constant_loss, prob_iqr
     oracle: pd.DataFrame  # modality, gtv_mean_auc, separation (positive labels)
     n_positive: int
     n_patients: int
@@ -160,7 +160,7 @@ def run_controls(cohort_dir: str | Path, work_dir: str | Path, profile: Profile 
             fc_rows.append({"kind": kind, "combo": combo, "draw": draw,
                             "patient_auc": outcome.patient_auc,
                             "train_loss": outcome.train_loss,
-                            "prior_entropy": outcome.prior_entropy,
+                            "constant_loss": outcome.constant_loss,
                             "prob_iqr": float(np.subtract(*np.percentile(
                                 outcome.patient_prob, [75, 25])))})
     seconds["controls: FC head"] = time.perf_counter() - started
@@ -206,6 +206,6 @@ def controls_summary(results: ControlResults, alpha: float = 0.05) -> str:
                 f"**FC head, positive control, combination {row.combo}:** patient AUC "
                 f"{row.patient_auc:.2f} against the 95th percentile {bar:.2f} of its "
                 f"{len(negative)} negative-control runs; training loss at the restored epoch "
-                f"{row.train_loss:.3f} = {row.train_loss / row.prior_entropy:.2f} x the prior's "
-                f"entropy.")
+                f"{row.train_loss:.3f} = {row.train_loss / row.constant_loss:.2f} x that of "
+                f"the best constant prediction ({row.constant_loss:.3f} nats).")
     return " ".join(lines)

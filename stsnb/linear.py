@@ -377,10 +377,24 @@ def _newton(f: np.ndarray, y: np.ndarray, w: np.ndarray, c: np.ndarray,
     return theta
 
 
+def balanced_row_weights(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row weights n / (2 n_class) of padded training sets (y, mask: (B, n); mask 1 for a row,
+    0 for padding): sklearn's ``class_weight="balanced"``; plain `mask` for a one-class set."""
+    n = mask.sum(axis=1, keepdims=True)
+    positives = (mask * (y == 1)).sum(axis=1, keepdims=True)
+    negatives = n - positives
+    both = (positives > 0) & (negatives > 0)
+    w_pos = np.divide(n, 2 * positives, out=np.ones_like(n), where=both)
+    w_neg = np.divide(n, 2 * negatives, out=np.ones_like(n), where=both)
+    return mask * np.where(y == 1, w_pos, w_neg)
+
+
 def _fit_batch(x_train: np.ndarray, y_train: np.ndarray, n_train: np.ndarray,
-               x_test: np.ndarray, n_test: np.ndarray, c: np.ndarray) -> np.ndarray:
+               x_test: np.ndarray, n_test: np.ndarray, c: np.ndarray,
+               balanced: bool = False) -> np.ndarray:
     """Test probabilities (B, k, t) of B padded training sets, each fitted for its k values
-    of C (`c` (B, k)).
+    of C (`c` (B, k)); `balanced`: rows weighted n / (2 n_class) (sklearn's
+    ``class_weight="balanced"``).
 
     The k fits of a set run from the smallest C up, each starting from the previous solution
     (a continuation path: a few Newton steps per C instead of many from scratch).
@@ -388,6 +402,8 @@ def _fit_batch(x_train: np.ndarray, y_train: np.ndarray, n_train: np.ndarray,
     f_train, f_test = _row_space(x_train, n_train, x_test, n_test)
     weights = (np.arange(x_train.shape[1]) < n_train[:, None]).astype(np.float64)
     y = y_train.astype(np.float64)
+    if balanced:
+        weights = balanced_row_weights(y, weights)
     n_sets, k = c.shape
     sets = np.arange(n_sets)
     order = np.argsort(c, axis=1, kind="stable")
@@ -421,9 +437,11 @@ def _check_cs(cs: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def fit_predict_logistic(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray,
-                         Cs: Sequence[float] | np.ndarray = DEFAULT_CS) -> np.ndarray:
+                         Cs: Sequence[float] | np.ndarray = DEFAULT_CS,
+                         balanced: bool = False) -> np.ndarray:
     """(len(Cs), n_test) probabilities of class 1 from StandardScaler + L2 logistic regression
-    fitted on (X_train, y_train) for each C (sklearn's inverse penalty)."""
+    fitted on (X_train, y_train) for each C (sklearn's inverse penalty); `balanced` = sklearn's
+    ``class_weight="balanced"``."""
     x_train = np.array(X_train, dtype=np.float64)  # copies: the solver works in place
     x_test = np.array(X_test, dtype=np.float64)
     y = _check_labels(y_train)
@@ -436,7 +454,7 @@ def fit_predict_logistic(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
     cs = _check_cs(Cs)
     with one_blas_thread():
         return _fit_batch(x_train[None], y[None], np.array([len(y)]), x_test[None],
-                          np.array([len(x_test)]), cs[None])[0]
+                          np.array([len(x_test)]), cs[None], balanced)[0]
 
 
 # --------------------------------------------------------------------------------- nested CV
@@ -472,19 +490,20 @@ def _inner_splits(train: np.ndarray, y: np.ndarray, inner_folds: int,
 
 def nested_cv_batch(stack: np.ndarray, y: np.ndarray, test_folds: Sequence[np.ndarray],
                     Cs: Sequence[float] | np.ndarray = DEFAULT_CS, inner_folds: int = 3,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    seed: int = 0, balanced: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nested CV of several patient matrices `stack` (m, p, d) on the same labels and folds.
 
     Returns out-of-fold probabilities (m, p), the chosen C (m, n_folds) and its mean inner AUC
     (m, n_folds); see `nested_cv_probs`.
     """
     with one_blas_thread():
-        return _nested_cv_batch(stack, y, test_folds, Cs, inner_folds, seed)
+        return _nested_cv_batch(stack, y, test_folds, Cs, inner_folds, seed, balanced)
 
 
 def _nested_cv_batch(stack: np.ndarray, y: np.ndarray, test_folds: Sequence[np.ndarray],
                      cs: Sequence[float] | np.ndarray, inner_folds: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     seed: int, balanced: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     stack = np.asarray(stack, dtype=np.float64)
     y = _check_labels(y)
     cs = _check_cs(cs)
@@ -513,7 +532,7 @@ def _nested_cv_batch(stack: np.ndarray, y: np.ndarray, test_folds: Sequence[np.n
         n_splits = len(splits)
         prob = _fit_batch(_gather(stack, tr_idx), np.tile(y[tr_idx], (m, 1)), np.tile(tr_n, m),
                           _gather(stack, te_idx), np.tile(te_n, m),
-                          np.broadcast_to(cs, (m * n_splits, len(cs))))
+                          np.broadcast_to(cs, (m * n_splits, len(cs))), balanced)
         prob = prob.reshape(m, n_splits, len(cs), -1)
         for s, (o, _, te) in enumerate(splits):
             inner[:, o] += roc_auc(y[te], prob[:, s, :, :len(te)])
@@ -532,7 +551,7 @@ def _nested_cv_batch(stack: np.ndarray, y: np.ndarray, test_folds: Sequence[np.n
     out = _fit_batch(_gather(stack, otr_idx),
                      np.tile(y[otr_idx], (m, 1)), np.tile(otr_n, m),
                      _gather(stack, ote_idx),
-                     np.tile(ote_n, m), chosen.reshape(-1, 1))
+                     np.tile(ote_n, m), chosen.reshape(-1, 1), balanced)
     out = out.reshape(m, n_folds, -1)
     probs = np.zeros((m, len(y)))
     for o, test in enumerate(folds):
@@ -542,16 +561,18 @@ def _nested_cv_batch(stack: np.ndarray, y: np.ndarray, test_folds: Sequence[np.n
 
 def nested_cv_probs(X: np.ndarray, y: np.ndarray, test_folds: Sequence[np.ndarray],
                     Cs: Sequence[float] | np.ndarray = DEFAULT_CS, inner_folds: int = 3,
-                    seed: int = 0) -> NestedResult:
+                    seed: int = 0, balanced: bool = False) -> NestedResult:
     """Out-of-fold probabilities of the patients (rows of X) under nested cross-validation.
 
     For each outer fold (`test_folds`: test positions), C is chosen on the training patients
     only: stratified inner folds (min(inner_folds, smallest class count) of them, shuffled with
     `seed`), the mean inner ROC AUC of each C, ties to the smaller C; the model is refitted on
-    all training patients with that C and predicts the fold's test patients.
+    all training patients with that C and predicts the fold's test patients. `balanced`: rows
+    weighted n / (2 n_class) of each training set (sklearn's ``class_weight="balanced"``).
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ConfigError(f"The patient matrix must be (p, d); got shape {X.shape}.")
-    probs, chosen, inner = nested_cv_batch(X[None], y, test_folds, Cs, inner_folds, seed)
+    probs, chosen, inner = nested_cv_batch(X[None], y, test_folds, Cs, inner_folds, seed,
+                                           balanced)
     return NestedResult(prob=probs[0], chosen_c=chosen[0], inner_auc=inner[0])

@@ -86,6 +86,7 @@ def linear_key(source: SliceSource, combination: Combination, split: str, seed: 
             "folds": int(config.folds), "validation_fraction": config.validation_fraction,
             "pooling": config.linear_pooling, "inner_folds": int(config.linear_inner_folds),
             "Cs": [float(c) for c in DEFAULT_CS], "features": features_key_hash,
+            "class_weighting": config.class_weighting,
             "software": software_key(STAGE),
             "model": "L2 logistic regression on standardised pooled features, C by inner CV"}
 
@@ -145,7 +146,8 @@ def fit_linear(plan: FoldPlan, pooled: np.ndarray, index: pd.DataFrame, seed: in
         pids, matrix, labels = None, pooled.astype(np.float64), plan.labels
         tests = [f.test for f in plan.folds]
     _check_partition(tests, len(labels), "patient" if grouped else "slice")
-    result = nested_cv_probs(matrix, labels, tests, DEFAULT_CS, config.linear_inner_folds, seed)
+    result = nested_cv_probs(matrix, labels, tests, DEFAULT_CS, config.linear_inner_folds, seed,
+                             balanced=config.class_weighting == "balanced")
     if grouped:
         slice_prob = pd.Series(result.prob, index=pids).reindex(plan.patient_ids).to_numpy()
     else:

@@ -111,11 +111,13 @@ def linear_test(work_dir: str | Path, source: SliceSource, profile: Profile, see
     y = patient_labels(source, pids) if labels is None else np.asarray(labels, dtype=np.int64)
     n = config.linear_permutations if n_permutations is None else int(n_permutations)
     key = {"runs": keys, "labels": y.tolist(), "seed": int(seed), "folds": config.folds,
-           "inner_folds": config.linear_inner_folds, "n_permutations": n, "format": 1}
+           "inner_folds": config.linear_inner_folds, "n_permutations": n,
+           "class_weighting": config.class_weighting, "format": 1}
 
     def compute() -> PermutationResult:
         return permutation_null(matrices, y, config.folds, seed, n,
-                                inner_folds=config.linear_inner_folds)
+                                inner_folds=config.linear_inner_folds,
+                                balanced=config.class_weighting == "balanced")
 
     path = Path(work_dir) / SIGNIFICANCE_DIR / f"{name}.npz"
     result = cached_null(path, key, compute)

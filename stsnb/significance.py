@@ -44,27 +44,30 @@ def permuted_labels(y: np.ndarray, seed: int, k: int) -> np.ndarray:
 
 
 def _cv_aucs(stack: np.ndarray, y: np.ndarray, n_folds: int, seed: int,
-             Cs: Sequence[float] | np.ndarray, inner_folds: int) -> np.ndarray:
+             Cs: Sequence[float] | np.ndarray, inner_folds: int,
+             balanced: bool = False) -> np.ndarray:
     """Patient AUC of the nested CV of each matrix in `stack` (m, p, d) on labels y."""
     folds = patient_folds(y, n_folds, seed)
-    probs, _, _ = nested_cv_batch(stack, y, folds, Cs, inner_folds, seed)
+    probs, _, _ = nested_cv_batch(stack, y, folds, Cs, inner_folds, seed, balanced)
     return np.atleast_1d(roc_auc(y, probs))
 
 
 def cv_auc(X: np.ndarray, y: np.ndarray, n_folds: int, seed: int,
-           Cs: Sequence[float] | np.ndarray = DEFAULT_CS, inner_folds: int = 3) -> float:
+           Cs: Sequence[float] | np.ndarray = DEFAULT_CS, inner_folds: int = 3,
+           balanced: bool = False) -> float:
     """Patient ROC AUC of the out-of-fold probabilities of `nested_cv_probs` on
     `patient_folds(y, n_folds, seed)` (X: (p, d) patient matrix)."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ConfigError(f"The patient matrix must be (p, d); got shape {X.shape}.")
-    return float(_cv_aucs(X[None], np.asarray(y), n_folds, seed, Cs, inner_folds)[0])
+    return float(_cv_aucs(X[None], np.asarray(y), n_folds, seed, Cs, inner_folds,
+                          balanced)[0])
 
 
 def permutation_null(features: Mapping[int, np.ndarray], y: np.ndarray, n_folds: int,
                      seed: int, n_permutations: int,
                      Cs: Sequence[float] | np.ndarray = DEFAULT_CS,
-                     inner_folds: int = 3) -> PermutationResult:
+                     inner_folds: int = 3, balanced: bool = False) -> PermutationResult:
     """Observed and permutation-null patient AUCs of the nested CV of each combination.
 
     `features`: combination number -> (p, d) patient matrix, rows in the order of `y` (the
@@ -89,7 +92,7 @@ def permutation_null(features: Mapping[int, np.ndarray], y: np.ndarray, n_folds:
     def run(labels: np.ndarray) -> np.ndarray:
         aucs = np.empty(len(combos))
         for group, stack in zip(groups, stacks, strict=True):
-            aucs[group] = _cv_aucs(stack, labels, n_folds, seed, Cs, inner_folds)
+            aucs[group] = _cv_aucs(stack, labels, n_folds, seed, Cs, inner_folds, balanced)
         return aucs
 
     started = time.perf_counter()

@@ -130,6 +130,9 @@ class FoldOutcome:
     seconds: float
     #: cross-entropy (nats) of the restored head on its training slices, eval mode (no dropout)
     restored_train_loss: float = math.nan
+    #: the same loss of the best constant prediction (nats): what a head that learnt nothing
+    #: scores (`constant_loss`)
+    constant_loss: float = math.nan
 
 
 def check_training_config(config: TrainingConfig) -> None:
@@ -139,10 +142,44 @@ def check_training_config(config: TrainingConfig) -> None:
         problems.append("batch_size, max_epochs and patience must be >= 1")
     if not config.learning_rate > 0 or not 0 <= config.momentum < 1:
         problems.append("learning_rate must be > 0 and momentum in [0, 1)")
+    if config.class_weighting not in CLASS_WEIGHTINGS:
+        problems.append(f"class_weighting {config.class_weighting!r} is not one of "
+                        f"{', '.join(CLASS_WEIGHTINGS)}")
     if config.optimizer != "sgd":
         problems.append(f"optimizer {config.optimizer!r} is not 'sgd' (the study's SGDM)")
     if problems:
         raise ConfigError(f"Training settings out of range: {'; '.join(problems)}.")
+
+
+#: cross-entropy class weightings (TrainingConfig.class_weighting).
+CLASS_WEIGHTINGS = ("balanced", "none")
+
+
+def binary_entropy(prior: float) -> float:
+    """Entropy (nats) of a two-class prior P(class 1) = `prior`; 0 for a single class."""
+    if not 0 < prior < 1:
+        return 0.0
+    return -(prior * math.log(prior) + (1 - prior) * math.log(1 - prior))
+
+
+def class_weights(train_labels: np.ndarray, weighting: str) -> np.ndarray | None:
+    """Per-class cross-entropy weights (class 0, class 1) from a fold's training labels:
+    n / (2 n_class) when "balanced" (so that the weights of the training slices sum to n),
+    None for "none" or a single-class fold."""
+    labels = np.asarray(train_labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=2)[:2]
+    if weighting == "none" or (counts == 0).any():
+        return None
+    return len(labels) / (2.0 * counts)
+
+
+def constant_loss(prior: float, weighting: str) -> float:
+    """Cross-entropy (nats) of the best constant prediction on training slices with class-1
+    share `prior`: what a head that learnt nothing scores. The prior's entropy when unweighted,
+    ln 2 when balanced (the constant prediction is then P = 0.5)."""
+    if not 0 < prior < 1:
+        return 0.0
+    return math.log(2.0) if weighting == "balanced" else binary_entropy(prior)
 
 
 def fold_seed(seed: int, fold: int) -> int:
@@ -150,22 +187,31 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(seed) * 1009 + int(fold)
 
 
-def evaluate(head: Any, positions: np.ndarray,
-             labels: torch.Tensor) -> tuple[float, float, np.ndarray]:
-    """Mean cross-entropy, accuracy and P(class 1) over `positions` (eval mode, no grad)."""
+def _as(weight: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
+    """The class weights in the logits' dtype (heads train in float32 or float64)."""
+    return None if weight is None else weight.to(logits.dtype)
+
+
+def evaluate(head: Any, positions: np.ndarray, labels: torch.Tensor,
+             weight: torch.Tensor | None = None) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy (weighted by the per-class `weight`, as torch's mean reduction),
+    accuracy and P(class 1) over `positions` (eval mode, no grad)."""
     head.train(False)
-    losses, probs = [], []
+    losses, weights, probs = [], [], []
     with torch.no_grad():
         for start in range(0, len(positions), EVAL_CHUNK):
             chunk = positions[start:start + EVAL_CHUNK]
             logits = head(chunk)
             target = labels[torch.from_numpy(chunk).to(labels.device)]
-            losses.append(F.cross_entropy(logits, target, reduction="sum").item())
+            losses.append(F.cross_entropy(logits, target, weight=_as(weight, logits),
+                                          reduction="sum").item())
+            weights.append(float(len(chunk)) if weight is None
+                           else weight[target].sum().item())
             probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
     prob = np.concatenate(probs) if probs else np.empty(0, dtype=np.float32)
     truth = labels[torch.from_numpy(positions).to(labels.device)].cpu().numpy()
     accuracy = float(np.mean((prob >= THRESHOLD) == (truth == 1))) if len(truth) else math.nan
-    return sum(losses) / max(len(positions), 1), accuracy, prob
+    return sum(losses) / max(sum(weights), 1e-12) if losses else 0.0, accuracy, prob
 
 
 def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig, seed: int,
@@ -179,6 +225,10 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
     device = labels.device
     devices = [device.index or 0] if device.type == "cuda" else []
     rows = []
+    train_labels = labels[torch.from_numpy(fold.train).to(device)].cpu().numpy()
+    per_class = class_weights(train_labels, config.class_weighting)
+    weight = (None if per_class is None
+              else torch.as_tensor(per_class, dtype=torch.float32, device=device))
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(fold_seed(seed, fold.number))
         order = torch.Generator().manual_seed(fold_seed(seed, fold.number))
@@ -191,6 +241,7 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
         for epoch in epochs:
             head.train(True)
             total = torch.zeros((), dtype=torch.float64, device=device)
+            weight_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
             permutation = torch.randperm(len(fold.train), generator=order).numpy()
             shuffled = torch.from_numpy(fold.train[permutation]).to(device)  # one copy an epoch
@@ -198,14 +249,16 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
                 batch = shuffled[start:start + config.batch_size]
                 target = labels[batch]
                 logits = head(batch)
-                loss = F.cross_entropy(logits, target)
+                loss = F.cross_entropy(logits, target, weight=_as(weight, logits))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += loss.detach() * len(batch)  # summed on the device: no sync per step
+                batch_weight = (len(batch) if weight is None else weight[target].sum())
+                total += loss.detach() * batch_weight  # summed on the device: no sync per step
+                weight_sum += batch_weight
                 correct += (logits.detach().argmax(1) == target).sum()
-            val_loss, val_accuracy, _ = evaluate(head, fold.val, labels)
-            rows += [(fold.number, epoch, "train", total.item() / len(fold.train),
+            val_loss, val_accuracy, _ = evaluate(head, fold.val, labels, weight)
+            rows += [(fold.number, epoch, "train", total.item() / weight_sum.item(),
                       correct.item() / len(fold.train)),
                      (fold.number, epoch, "val", val_loss, val_accuracy)]
             epochs.set_postfix(val_loss=f"{val_loss:.3f}")
@@ -216,7 +269,7 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
             raise StsnbError(f"Fold {fold.number}: the validation loss was never finite "
                              "(training diverged). Fix: lower the learning rate.")
         head.load(stopper.best_state)
-        restored_train_loss, _, _ = evaluate(head, fold.train, labels)
+        restored_train_loss, _, _ = evaluate(head, fold.train, labels, weight)
         _, _, test_prob = evaluate(head, fold.test, labels)
     return FoldOutcome(
         number=fold.number,
@@ -227,6 +280,8 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
         stopped_early=epoch < config.max_epochs,
         best_val_loss=stopper.best_loss,
         restored_train_loss=restored_train_loss,
+        constant_loss=constant_loss(float(train_labels.mean()) if len(train_labels) else 0.0,
+                                    config.class_weighting),
         state={k: v.detach().cpu() for k, v in stopper.best_state.items()},
         seconds=time.perf_counter() - started,
     )
@@ -508,6 +563,7 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
         "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
         "stopped_early": outcome.stopped_early, "best_val_loss": outcome.best_val_loss,
         "restored_train_loss": outcome.restored_train_loss,
+        "constant_loss": outcome.constant_loss,
         "seconds": round(outcome.seconds, 3), "weights_pretrained": pretrained,
         "sizes": output_sizes([f.name for f in files[:-1]], files[-1].parent),
     }
@@ -518,7 +574,7 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
 FOLD_METRIC_COLUMNS = ("fold", "n_train", "n_val", "n_test", "n_test_patients",
                        "test_patients_in_training", "accuracy", "sensitivity", "specificity",
                        "precision", "f1", "auc", "best_epoch", "epochs_run", "stopped_early",
-                       "best_val_loss", "restored_train_loss", "seconds",
+                       "best_val_loss", "restored_train_loss", "constant_loss", "seconds",
                        "weights_pretrained")
 
 
@@ -802,8 +858,8 @@ class LabelRun:
 
     patient_auc: float
     patient_prob: pd.Series  # mean test probability per patient
-    train_loss: float  # mean over folds of the training loss at the restored epoch
-    prior_entropy: float  # entropy (nats) of the training folds' label prior, mean over folds
+    train_loss: float  # mean over folds of the restored head's training loss (eval mode)
+    constant_loss: float  # the best constant prediction's loss (nats), mean over folds
 
 
 class FoldHeads:
@@ -835,19 +891,15 @@ class FoldHeads:
         outcomes = cross_validate(self.source, self.combination, plan, self.bundle, config,
                                   self.seed, self.device, "fp32", features=self.values)
         prob = np.empty(len(plan.labels))
-        losses, entropies = [], []
+        losses, constants = [], []
         for fold, outcome in zip(plan.folds, outcomes, strict=True):
             prob[fold.test] = outcome.test_prob
-            history = outcome.history
-            row = history[(history["epoch"] == outcome.best_epoch)
-                          & (history["phase"] == "train")]
-            losses.append(float(row["loss"].iloc[0]))
-            prior = float(plan.labels[fold.train].mean())
-            entropies.append(-(prior * math.log(prior) + (1 - prior) * math.log(1 - prior)))
+            losses.append(outcome.restored_train_loss)
+            constants.append(outcome.constant_loss)
         patients = pd.DataFrame({"pid": plan.patient_ids, "label": plan.labels, "prob": prob})
         per_patient = patients.groupby("pid").agg(label=("label", "first"), prob=("prob", "mean"))
         return LabelRun(float(roc_auc_score(per_patient["label"], per_patient["prob"])),
-                        per_patient["prob"], float(np.mean(losses)), float(np.mean(entropies)))
+                        per_patient["prob"], float(np.mean(losses)), float(np.mean(constants)))
 
 
 def permutation_run_aucs(source: SliceSource, work_dir: str | Path, profile: Profile,
@@ -878,17 +930,19 @@ def permutation_run_aucs(source: SliceSource, work_dir: str | Path, profile: Pro
 
 def learning_check(run: TrainingRun) -> pd.DataFrame:
     """Per fold: does the FC head learn? Training loss of the restored head (its training slices
-    in eval mode) against the entropy of the training prior (nats; a head that learnt nothing
-    sits at the entropy), and the
+    in eval mode) against the loss of the best constant prediction (nats; a head that learnt
+    nothing sits at it: ln 2 with balanced class weights, the prior's entropy without), and the
     spread of its test probabilities (interquartile range; 0 = constant predictions)."""
     preds = run.predictions
     total_pos, total = int(preds["label"].sum()), len(preds)
+    weighting = run.record.get("key", {}).get("training", {}).get("class_weighting", "none")
     rows = []
     for fold in run.fold_metrics.itertuples():
         test = preds[preds["fold"] == fold.fold]
-        prior = (total_pos - int(test["label"].sum())) / max(1, total - len(test))
-        entropy = (-(prior * math.log(prior) + (1 - prior) * math.log(1 - prior))
-                   if 0 < prior < 1 else 0.0)
+        reference = float(getattr(fold, "constant_loss", math.nan))
+        if math.isnan(reference):  # a run recorded before the reference was kept
+            prior = (total_pos - int(test["label"].sum())) / max(1, total - len(test))
+            reference = constant_loss(prior, weighting)
         history = run.history[(run.history["fold"] == fold.fold)
                               & (run.history["phase"] == "train")]
         loss = float(getattr(fold, "restored_train_loss", math.nan))
@@ -896,8 +950,9 @@ def learning_check(run: TrainingRun) -> pd.DataFrame:
             at_best = history[history["epoch"] == fold.best_epoch]["loss"]
             loss = float(at_best.iloc[0]) if len(at_best) else math.nan
         q75, q25 = np.percentile(test["prob"], [75, 25])
-        rows.append({"fold": fold.fold, "prior_entropy": entropy, "train_loss_restored": loss,
-                     "loss_over_entropy": loss / entropy if entropy else math.nan,
+        rows.append({"fold": fold.fold, "constant_loss": reference,
+                     "train_loss_restored": loss,
+                     "loss_over_constant": loss / reference if reference else math.nan,
                      "first_epoch_loss": float(history["loss"].iloc[0]) if len(history)
                      else math.nan, "test_prob_iqr": float(q75 - q25),
                      "test_prob_min": float(test["prob"].min()),

@@ -167,7 +167,7 @@ def test_controls_page_and_tables(smoke_book):
     assert (linear.groupby("kind")["combo"].nunique() == 10).all()
     fc = pd.read_csv(work / "controls" / "fc.csv")
     assert {"positive", "negative"} <= set(fc["kind"])
-    assert fc["train_loss"].gt(0).all() and fc["prior_entropy"].gt(0).all()
+    assert fc["train_loss"].gt(0).all() and fc["constant_loss"].gt(0).all()
     oracle = pd.read_csv(work / "controls" / "oracle.csv")
     assert set(oracle["modality"]) == set(STUDY_MODALITIES)
     text = (smoke_book["executed"] / "08_controls.ipynb").read_text()

@@ -34,10 +34,11 @@ from stsnb.significance import (
 )
 
 
-def reference_probs(x_train, y_train, x_test, cs) -> np.ndarray:
+def reference_probs(x_train, y_train, x_test, cs, class_weight=None) -> np.ndarray:
     """sklearn's pipeline, solved tightly, for each C."""
     return np.array([
-        make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=10000, tol=1e-10))
+        make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=10000, tol=1e-10,
+                                                           class_weight=class_weight))
         .fit(x_train, y_train).predict_proba(x_test)[:, 1] for c in cs])
 
 
@@ -71,6 +72,21 @@ def test_fast_fit_matches_sklearn_pipeline(n: int, d: int) -> None:
     ours = fit_predict_logistic(x[:n], y, x[n:], cs)
     assert ours.shape == (6, 15)
     np.testing.assert_allclose(ours, reference_probs(x[:n], y, x[n:], cs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("n", "d"), [(36, 150), (90, 12)])
+def test_balanced_fit_matches_sklearn_balanced_class_weight(n: int, d: int) -> None:
+    rng = np.random.default_rng(n * d)
+    x = rng.normal(size=(n + 15, d)) * rng.uniform(0.2, 5.0, d)
+    y = (x[:n, 0] / x[:, 0].std() + rng.normal(size=n) > 0.8).astype(int)  # about 25 % ones
+    assert 0.1 < y.mean() < 0.4
+    cs = np.logspace(-4, 1, 4)
+    ours = fit_predict_logistic(x[:n], y, x[n:], cs, balanced=True)
+    np.testing.assert_allclose(ours, reference_probs(x[:n], y, x[n:], cs, "balanced"),
+                               atol=1e-5, rtol=0)
+    # the weights move the probabilities towards the rare class: not the unweighted fit
+    plain = fit_predict_logistic(x[:n], y, x[n:], cs)
+    assert (ours[0] > plain[0]).all()
 
 
 def test_fast_fit_does_not_touch_its_inputs_and_handles_repeated_rows() -> None:

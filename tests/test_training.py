@@ -28,6 +28,8 @@ from stsnb.model import backbone_forward, build_model
 from stsnb.training import (
     PREDICTION_COLUMNS,
     EarlyStopping,
+    class_weights,
+    constant_loss,
     cross_validate,
     fit_fold,
     fold_model,
@@ -207,6 +209,36 @@ def test_fit_fold_stops_and_restores_the_best_epoch():
     assert outcome.stopped_early
     np.testing.assert_allclose(outcome.test_prob, 1 / (1 + np.exp(-outcome.state["w"].item())))
     assert abs(outcome.best_val_loss - min(val)) < 1e-12
+
+
+def test_class_weights_and_the_constant_reference():
+    np.testing.assert_allclose(class_weights(np.array([1, 0, 0, 0, 1, 0, 0, 0]), "balanced"),
+                               [8 / 12, 8 / 4])
+    assert class_weights(np.array([1, 0, 0]), "none") is None
+    assert class_weights(np.array([0, 0, 0]), "balanced") is None  # one class: unweighted
+    assert constant_loss(0.25, "balanced") == pytest.approx(np.log(2))
+    assert constant_loss(0.25, "none") == pytest.approx(-(0.25 * np.log(0.25)
+                                                          + 0.75 * np.log(0.75)))
+    assert constant_loss(0.0, "none") == 0.0
+    with pytest.raises(ConfigError, match="class_weighting"):
+        training.check_training_config(replace(SMOKE.training, class_weighting="inverse"))
+
+
+@pytest.mark.parametrize(("weighting", "probability"), [("none", 0.25), ("balanced", 0.5)])
+def test_a_bias_only_head_reaches_the_constant_reference(weighting, probability):
+    """A head that can learn nothing but a bias ends at the best constant prediction: the
+    prior (unweighted) or 0.5 (balanced), its training loss at `constant_loss`."""
+    labels = torch.tensor([1, 0, 0, 0, 1, 0, 0, 0] * 2)
+    positions = np.arange(8)
+    fold = Fold(1, train=positions, val=positions, test=positions + 8)
+    config = replace(SMOKE.training, batch_size=8, learning_rate=2.0, momentum=0.0,
+                     max_epochs=200, patience=200, class_weighting=weighting)
+    outcome = fit_fold(CraftedHead(), labels, fold, config, seed=0)
+    np.testing.assert_allclose(outcome.test_prob, probability, atol=1e-3)
+    assert outcome.constant_loss == pytest.approx(constant_loss(0.25, weighting))
+    assert outcome.restored_train_loss == pytest.approx(outcome.constant_loss, abs=1e-5)
+    val = outcome.history[outcome.history["phase"] == "val"]["loss"]
+    assert val.iloc[-1] == pytest.approx(outcome.constant_loss, abs=1e-5)
 
 
 # -- the cached path is the naive loop --------------------------------------------------------
