@@ -545,3 +545,93 @@ def test_an_image_in_the_ct_frame_moved_far_is_flagged(shift, flagged):
     if flagged:
         reason = "t1w shares the CT's frame but was moved 2.6 mm > 2 mm"
         assert table.loc[0, "flag_reason"] == reason
+
+
+# --------------------------------------------------------------------------- nothing to register
+
+SAME_FRAME_TOML = ('modalities = ["ct", "dose", "t1w", "t2w", "ce_t1w"]\n'
+                   'same_frame_as_ct = ["dose", "t1w", "t2w", "ce_t1w"]\n')
+
+
+def write_same_frame_cohort(root: Path, patients: dict[str, dict]) -> Path:
+    """Phantoms whose MR is in the CT's frame (own oblique grid, no motion), declared so in
+    cohort.toml, each MR sequence with its own contour ``gtv_<sequence>.nii.gz``."""
+    write_cohort(root, {pid: {"true_map": IDENTITY_MAP, **o} for pid, o in patients.items()})
+    (root / "cohort.toml").write_text(SAME_FRAME_TOML, encoding="utf-8")
+    for pid in patients:
+        contour = sitk.ReadImage(str(root / pid / "truth" / "gtv_mr.nii.gz"))
+        for sequence in ("t1w", "t2w", "ce_t1w"):
+            sitk.WriteImage(contour, str(root / pid / f"gtv_{sequence}.nii.gz"))
+        (root / pid / "truth" / "gtv_mr.nii.gz").unlink()
+        (root / pid / "truth" / "landmarks_mm.csv").unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def same_frame_run(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("same") / "cohort"
+    cohort = write_same_frame_cohort(root, {"SF01": {}, "SF02": {"mr_offset_mm": (0, 0, 300)}})
+    work = tmp_path_factory.mktemp("same") / "work"
+    return run_registration(cohort, work, TEST_PROFILE, seed=0, patients=["SF01", "SF02"],
+                            progress=False)
+
+
+def test_nothing_to_register_resamples_by_geometry_and_checks_each_image(same_frame_run):
+    run = same_frame_run
+    qa = run.qa.set_index("patient_id")
+    row = qa.loc["SF01"]
+    assert "not registered" in row["registration_note"] and row["mr_reference"] == ""
+    assert math.isnan(row["dice_rigid"]) and math.isnan(row["tre_rigid_mm"])
+    assert row["dice_scanner"] >= 0.9 and not row["flagged"], row["flag_reason"]
+    images = run.images[run.images["patient_id"] == "SF01"].set_index("image")
+    assert list(images.index) == ["dose", "t1w", "t2w", "ce_t1w"]
+    assert not images["registered"].any() and (images["shift_mm"] == 0).all()
+    assert (images.loc[["t1w", "t2w", "ce_t1w"], "dice_scanner"] >= 0.9).all()
+    assert images["dice_registered"].isna().all() and (images["gtv_in_fov"] > 0.99).all()
+    folder = run.work_dir / "registration" / "SF01"
+    assert not list(folder.glob("transform_*"))  # nothing registered, nothing to save
+    ct = sitk.ReadImage(str(run.cohort_dir / "SF01" / "ct.nii.gz"))
+    source = sitk.ReadImage(str(run.cohort_dir / "SF01" / "t2w.nii.gz"))
+    saved = sitk.ReadImage(str(folder / "t2w.nii.gz"))
+    assert saved.GetSize() == ct.GetSize() and saved.GetOrigin() == ct.GetOrigin()
+    by_geometry = sitk.Resample(source, ct, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                source.GetPixelID())
+    assert np.abs(sitk.GetArrayFromImage(saved).astype(float)
+                  - sitk.GetArrayFromImage(by_geometry)).max() <= 1.0  # rounding only
+    table = pd.read_csv(run.work_dir / "registration" / "qa_images.csv")
+    assert len(table) == 8 and set(table["patient_id"]) == {"SF01", "SF02"}
+    decided = decide_patients(run.work_dir, exclude_flagged=True)
+    assert decided.set_index("patient_id")["kept"].to_dict() == {"SF01": True, "SF02": False}
+
+
+def test_an_image_declared_in_the_ct_frame_that_misses_the_gtv_is_flagged(same_frame_run):
+    row = same_frame_run.qa.set_index("patient_id").loc["SF02"]
+    assert row["flagged"]
+    assert "only 0% of the GTV inside the t1w field of view" in row["flag_reason"]
+    assert "contour placed by geometry" in row["flag_reason"]  # its own contour is off too
+    images = same_frame_run.images.set_index(["patient_id", "image"])
+    assert images.loc[("SF02", "t2w"), "gtv_in_fov"] == 0.0
+    assert images.loc[("SF02", "dose"), "gtv_in_fov"] > 0.99  # the dose still covers it
+
+
+def test_nothing_to_register_figures_show_the_image_in_the_ct_frame(same_frame_run):
+    from stsnb.plots import registration as plots
+
+    views = load_views(same_frame_run.cohort_dir, same_frame_run.work_dir, "SF01")
+    assert not views.registered and views.reference == "t1w" and views.mr_rigid is None
+    assert views.gtv_from_mr is not None and views.gtv_from_mr.any()
+    overlay = plots.overlays(views)
+    assert len(overlay.axes) == 3 and "not registered" in overlay.axes[0].get_title()
+    figure = plots.contours(views)
+    assert "Dice" in figure._suptitle.get_text()
+    volumes = registered_volumes(same_frame_run.cohort_dir, same_frame_run.work_dir, "SF01")
+    assert volumes["moving"].GetSize() == volumes["fixed"].GetSize()
+
+
+def test_mixed_cohort_lists_registered_and_same_frame_images(run) -> None:
+    images = run.images[run.images["patient_id"] == "PH01"].set_index("image")
+    assert images.loc["t1w", "registered"] and not images.loc["dose", "registered"]
+    assert images.loc["dose", "shift_mm"] == 0 and images.loc["dose", "gtv_in_fov"] > 0.99
+    t1w = images.loc["t1w"]
+    assert t1w["dice_registered"] > 0.85 and t1w["dice_registered"] > t1w["dice_scanner"] + 0.05
+    assert t1w["shift_mm"] > 3.0  # the known offset is about 9 mm

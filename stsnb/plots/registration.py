@@ -101,8 +101,11 @@ def overlays(views: PatientViews, square_mm: float = CHECKER_MM) -> Figure:
     window = mr_window(views.mr_before, views.mr_after)
     rows = [("before", normalise(views.mr_before, window)),
             ("after", normalise(views.mr_after, window))]
+    if not views.registered:  # nothing registered: one row, the image at scanner positions
+        rows = [("scanner positions (not registered)", normalise(views.mr_after, window))]
     extent = _extent(views, views.ct.shape)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8.6), layout="constrained")
+    fig, axes = plt.subplots(len(rows), 3, figsize=(13, 4.3 * len(rows)), layout="constrained",
+                             squeeze=False)
     name = DISPLAY_NAMES.get(views.reference, views.reference)
     for (label, mr), row in zip(rows, axes, strict=True):
         panels = [
@@ -130,12 +133,15 @@ def contours(views: PatientViews) -> Figure:
     """The CT GTV and the MR-frame contour mapped onto the CT grid (rigid, final), on CT and MR."""
     extent = _extent(views, views.ct.shape)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), layout="constrained")
+    name = DISPLAY_NAMES.get(views.reference, views.reference)
     backgrounds = [(normalise(views.ct, CT_WINDOW_HU), "CT"),
                    (normalise(views.mr_after, mr_window(views.mr_after)),
-                    f"{DISPLAY_NAMES.get(views.reference, views.reference)} registered")]
+                    f"{name} registered" if views.registered else f"{name} (CT frame)")]
     handles = [Line2D([], [], color="yellow", label="GTV drawn on CT")]
     if views.gtv_from_mr_rigid is not None:
-        handles.append(Line2D([], [], color="cyan", ls="--", label="MR contour, rigid"))
+        handles.append(Line2D([], [], color="cyan", ls="--", label=(
+            "MR contour, rigid" if views.registered else
+            f"{name} contour, placed by geometry")))
     if views.gtv_from_mr is not None and views.qa.get("deformable"):
         handles.append(Line2D([], [], color="magenta", label="MR contour, deformable"))
     for ax, (image, name) in zip(axes, backgrounds, strict=True):
@@ -149,7 +155,7 @@ def contours(views: PatientViews) -> Figure:
     if views.gtv_from_mr_rigid is None:
         fig.text(0.5, 0.01, "no MR-frame reference contour for this patient", ha="center")
     dice = views.qa.get("dice_deformable") if views.qa.get("deformable") else views.qa.get(
-        "dice_rigid")
+        "dice_rigid" if views.registered else "dice_scanner")
     dice_text = f", Dice {dice:.3f}" if dice is not None and np.isfinite(dice) else ""
     fig.suptitle(f"{views.patient_id}: GTV from both frames, z = {views.z_mm:.0f} mm{dice_text}")
     return fig

@@ -52,7 +52,7 @@ class PatientRegistration:
 
     patient_id: str
     reference: str
-    rigid: RigidResult
+    rigid: RigidResult | None  # None when nothing was registered
     deformable: DeformableResult | None
     deformation: DeformationSummary | None
     rigid_transforms: dict[str, sitk.Transform]  # CT -> image, rigid only
@@ -60,6 +60,17 @@ class PatientRegistration:
     images: dict[str, sitk.Image]  # on the CT grid
     history: pd.DataFrame
     qa: dict[str, Any]
+    #: one row per declared image but the CT (IMAGE_QA_COLUMNS): registered or not, Dice of its
+    #: own contour at scanner positions and registered, tumour shift, GTV inside its FOV
+    image_qa: pd.DataFrame | None = None
+
+
+#: Columns of the per-image QA table (``registration/qa_images.csv``).
+IMAGE_QA_COLUMNS = ("patient_id", "image", "registered", "dice_scanner", "dice_registered",
+                    "shift_mm", "gtv_in_fov", "note")
+#: Why the registration columns of a patient's QA row are empty when nothing was registered.
+NOTHING_REGISTERED = ("not registered: every image shares the CT's frame of reference "
+                      "(same_frame_as_ct), resampled onto the CT grid by geometry alone")
 
 
 def resample_to_ct(image: sitk.Image, ct: sitk.Image, transform: sitk.Transform) -> sitk.Image:
@@ -106,10 +117,95 @@ def _gtv_coverage(mr: sitk.Image, gtv: sitk.Image, transform: sitk.Transform) ->
     return float(np.logical_and(covered, inside).sum() / inside.sum())
 
 
+def image_checks(inputs: PatientInputs, ct: sitk.Image, gtv: sitk.Image,
+                 images: dict[str, sitk.Image], transforms: dict[str, sitk.Transform],
+                 resampling: dict[str, sitk.Transform]) -> pd.DataFrame:
+    """Per declared image (the CT aside): what can be checked with and without registering.
+
+    ``dice_scanner``: the image's own contour (``gtv_<image>.nii.gz``; the reference contour for
+    the reference MR) on the CT grid by geometry alone, against the CT's GTV;
+    ``dice_registered``: the same through the final transform (registered images only);
+    ``shift_mm``: mean distance the final transform moves the GTV voxels (0 when not
+    registered); ``gtv_in_fov``: fraction of the GTV voxels inside the image's field of view.
+    """
+    rows = []
+    for m in [*inputs.registered, *inputs.same_frame]:
+        registered = m in inputs.registered
+        contour_path = inputs.contours.get(m)
+        if registered and m == inputs.contour_modality and inputs.contour is not None:
+            contour_path = inputs.contour
+        contour = _read(inputs, contour_path, f"{m} contour") if contour_path else None
+        identity = sitk.Transform()
+        rows.append({
+            "patient_id": inputs.patient_id, "image": m, "registered": registered,
+            "dice_scanner": dice(propagate_contour(contour, ct, identity), gtv)
+            if contour is not None else math.nan,
+            "dice_registered": dice(propagate_contour(contour, ct, resampling[m]), gtv)
+            if contour is not None and registered else math.nan,
+            "shift_mm": tumour_shift_mm(transforms[m], gtv) if registered else 0.0,
+            "gtv_in_fov": _gtv_coverage(images[m], gtv, resampling[m] if registered
+                                        else identity),
+            "note": "registered" if registered else
+            "shares the CT's frame (same_frame_as_ct): resampled by geometry alone",
+        })
+    return pd.DataFrame(rows, columns=list(IMAGE_QA_COLUMNS))
+
+
+def _image_summary(checks: pd.DataFrame) -> dict[str, Any]:
+    """For the patient's QA row: the lowest Dice at scanner positions over the images not
+    registered (same_frame_as_ct) with a contour, and the lowest share of the GTV inside an
+    image's field of view, with the images."""
+    summary: dict[str, Any] = {}
+    for column, value, image in (("dice_scanner", "dice_scanner", "dice_scanner_image"),
+                                 ("gtv_in_fov", "gtv_in_fov_min", "fov_image")):
+        known = checks.dropna(subset=[column])
+        if column == "dice_scanner":  # a registered image is expected to be off at scanner
+            known = known[~known["registered"].astype(bool)]
+        worst = known.loc[known[column].idxmin()] if len(known) else None
+        summary[value] = float(worst[column]) if worst is not None else math.nan
+        summary[image] = str(worst["image"]) if worst is not None else ""
+    return summary
+
+
+def _place_without_registering(inputs: PatientInputs, config: RegistrationConfig,
+                               started: float) -> PatientRegistration:
+    """Nothing to register: every image onto the CT grid by geometry alone, and the checks
+    that need no registration (contours at scanner positions, GTV inside each field of view)."""
+    ct = _read(inputs, inputs.ct, "ct")
+    gtv = _read(inputs, inputs.gtv, "tumour mask")
+    source = {m: _read(inputs, path, m) for m, path in inputs.same_frame.items()}
+    images = {m: resample_to_ct(image, ct, sitk.Transform()) for m, image in source.items()}
+    checks = image_checks(inputs, ct, gtv, source, {}, {})
+    for m, path in inputs.contours.items():
+        if m in source:
+            images[f"gtv_from_{m}"] = propagate_contour(_read(inputs, path, f"{m} contour"), ct,
+                                                        sitk.Transform())
+    images["gtv"] = gtv
+    qa: dict[str, Any] = {
+        "patient_id": inputs.patient_id,
+        "dice_rigid": math.nan, "dice_deformable": math.nan, **_image_summary(checks),
+        "n_landmarks": 0, "gtv_in_mr_fov": math.nan,
+        "gtv_touches_edge": touches_edge(gtv),
+        "initialization": "", "scanner_overlap": True, "reference_contour": "",
+        "mr_reference": "", "deformable": False, "deformable_error": "",
+        "registration_note": NOTHING_REGISTERED,
+        "seconds_registration": 0.0,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return PatientRegistration(
+        patient_id=inputs.patient_id, reference="", rigid=None, deformable=None,
+        deformation=None, rigid_transforms={}, transforms={}, images=images,
+        history=pd.DataFrame(columns=["step", "level", "iteration", "metric"]), qa=qa,
+        image_qa=checks)
+
+
 def register_patient(inputs: PatientInputs, config: RegistrationConfig,
                      seed: int = 0) -> PatientRegistration:
-    """Register the patient's MR session to the CT and measure how well it worked."""
+    """Register the patient's MR session to the CT and measure how well it worked; with
+    nothing to register (every image in the CT's frame), resample by geometry and check."""
     started = time.perf_counter()
+    if inputs.nothing_to_register:
+        return _place_without_registering(inputs, config, started)
     pid, ref = inputs.patient_id, inputs.reference
     ct = _read(inputs, inputs.ct, "ct")
     gtv = _read(inputs, inputs.gtv, "tumour mask")
@@ -147,12 +243,16 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
     seconds_registration = time.perf_counter() - started
 
     images = {m: resample_to_ct(mr[m], ct, resampling[m]) for m in inputs.registered}
-    for m, path in inputs.same_frame.items():
-        images[m] = resample_to_ct(_read(inputs, path, m), ct, sitk.Transform())
+    same_frame = {m: _read(inputs, path, m) for m, path in inputs.same_frame.items()}
+    for m, image in same_frame.items():
+        images[m] = resample_to_ct(image, ct, sitk.Transform())
     images["gtv"] = gtv
     qa = _measure(inputs, ct, gtv, mr, rigid, deformable, deformation, rigid_transforms,
                   transforms, resampling, images, config, seed)
+    checks = image_checks(inputs, ct, gtv, {**mr, **same_frame}, transforms, resampling)
     qa.update({
+        **_image_summary(checks),
+        "registration_note": "",
         "deformable_error": deformable_error,
         "seconds": round(time.perf_counter() - started, 2),
         "seconds_rigid": round(rigid.seconds, 2),
@@ -163,6 +263,7 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
         patient_id=pid, reference=ref, rigid=rigid, deformable=deformable,
         deformation=deformation, rigid_transforms=rigid_transforms, transforms=transforms,
         images=images, history=pd.concat(histories, ignore_index=True), qa=qa,
+        image_qa=checks,
     )
 
 

@@ -9,7 +9,11 @@ A patient is flagged when any of these holds (the reasons are listed in ``flag_r
 - largest B-spline displacement > ``max_displacement_mm`` (20 mm: implausible for a limb);
 - the deformable step lowered the Dice by more than ``max_dice_drop`` (0.05) against rigid;
 - mutual information after registration lower than before it (scanner positions);
-- less than ``min_gtv_in_mr_fov`` (99%) of the CT GTV inside the registered MR field of view;
+- less than ``min_gtv_in_mr_fov`` (99%) of the CT GTV inside the registered MR field of view, or
+  inside the field of view of any other declared image (``gtv_in_fov_min``, ``fov_image``);
+- an image in the CT's frame (``same_frame_as_ct``, not registered) whose own contour
+  (``gtv_<image>.nii.gz``), placed by geometry alone, has a Dice < ``min_dice`` against the CT's
+  GTV (``dice_scanner``, ``dice_scanner_image``): it may not be in the CT's frame after all;
 - the GTV touches the edge of the CT volume (the tumour may be cut off);
 - the MR did not overlap the CT in scanner coordinates (the image centres were aligned instead);
 - the deformable step failed (the rigid result is kept);
@@ -18,7 +22,9 @@ A patient is flagged when any of these holds (the reasons are listed in ``flag_r
   on average: such an image should need nearly no registration.
 
 ``gtv_shift_mm`` says for every patient how far (mean, mm) the final transform moves the CT's
-GTV voxels from their scanner positions in the reference MR.
+GTV voxels from their scanner positions in the reference MR. A patient with nothing to register
+(every image in the CT's frame) has empty registration columns; ``registration_note`` says why.
+The per-image checks are in ``registration/qa_images.csv`` (IMAGE_QA_COLUMNS).
 
 Measures that cannot be computed (no reference contour, no landmarks) are empty and flag nothing.
 """
@@ -30,6 +36,8 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from ..cohort_config import CohortConfig
+
 #: The columns every reader relies on (DESIGN.md section 4), in this order.
 QA_COLUMNS = ("patient_id", "dice_rigid", "dice_deformable", "tre_rigid_mm", "tre_deformable_mm",
               "min_jacobian", "seconds", "flagged")
@@ -39,7 +47,12 @@ EXTRA_COLUMNS = ("flag_reason", "mi_before", "mi_rigid", "mi_deformable", "tre_m
                  "gtv_touches_edge", "gtv_shift_mm", "ct_frame_shift_mm", "ct_frame_image",
                  "initialization", "scanner_overlap", "deformable",
                  "deformable_error", "mr_reference", "reference_contour", "seconds_rigid",
-                 "seconds_deformable", "seconds_registration")
+                 "seconds_deformable", "seconds_registration", "dice_scanner",
+                 "dice_scanner_image", "gtv_in_fov_min", "fov_image", "registration_note")
+#: Text columns (empty, never NaN, when not filled).
+TEXT_COLUMNS = ("flag_reason", "reference_contour", "initialization", "deformable_error",
+                "ct_frame_image", "mr_reference", "dice_scanner_image", "fov_image",
+                "registration_note")
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,15 @@ def flag_reasons(row: pd.Series, limits: QAThresholds) -> list[str]:
     cover = row.get("gtv_in_mr_fov", math.nan)
     if pd.notna(cover) and cover < limits.min_gtv_in_mr_fov:
         reasons.append(f"only {cover:.0%} of the GTV inside the MR field of view")
+    lowest, image = row.get("gtv_in_fov_min", math.nan), row.get("fov_image", "")
+    if (pd.notna(lowest) and lowest < limits.min_gtv_in_mr_fov
+            and not (image == row.get("mr_reference") and pd.notna(cover))):
+        reasons.append(f"only {lowest:.0%} of the GTV inside the {image} field of view")
+    placed = row.get("dice_scanner", math.nan)
+    if pd.notna(placed) and placed < limits.min_dice:
+        reasons.append(f"Dice {placed:.2f} < {limits.min_dice:.2f} of the "
+                       f"{row.get('dice_scanner_image', '')} contour placed by geometry (declared "
+                       "in the CT's frame)")
     if bool(row.get("gtv_touches_edge", False)):
         reasons.append("GTV touches the edge of the CT volume")
     failed = row.get("deformable_error", "")
@@ -120,14 +142,11 @@ def qa_table(rows: list[dict], limits: QAThresholds | None = None) -> pd.DataFra
 
 def read_qa(path) -> pd.DataFrame:
     """Read qa.csv with its types (patient_id str, flagged bool, flag_reason str)."""
-    table = pd.read_csv(path, dtype={"patient_id": str, "flag_reason": str,
-                                     "reference_contour": str, "initialization": str,
-                                     "deformable_error": str, "ct_frame_image": str})
+    table = pd.read_csv(path, dtype={"patient_id": str} | {c: str for c in TEXT_COLUMNS})
     for column in QA_COLUMNS + EXTRA_COLUMNS:  # written before a column existed
         if column not in table.columns:
-            table[column] = "" if column == "ct_frame_image" else math.nan
-    table["flag_reason"] = table["flag_reason"].fillna("")
-    for column in ("reference_contour", "deformable_error", "ct_frame_image"):
+            table[column] = "" if column in TEXT_COLUMNS else math.nan
+    for column in TEXT_COLUMNS:
         table[column] = table[column].fillna("").astype(str)
     for column in ("flagged", "gtv_touches_edge", "scanner_overlap", "deformable"):
         table[column] = table[column].astype(bool)
@@ -170,7 +189,8 @@ def qa_summary(table: pd.DataFrame) -> pd.DataFrame:
 DISPLAY_COLUMNS = ("patient_id", "flagged", "flag_reason", "dice_rigid", "dice_deformable",
                    "tre_rigid_mm", "tre_deformable_mm", "tre_max_deformable_mm", "mi_before",
                    "mi_rigid", "mi_deformable", "min_jacobian", "max_displacement_mm",
-                   "gtv_in_mr_fov", "gtv_shift_mm", "initialization", "seconds")
+                   "gtv_in_mr_fov", "gtv_shift_mm", "dice_scanner", "gtv_in_fov_min",
+                   "initialization", "seconds")
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -189,8 +209,18 @@ def registration_summary(table: pd.DataFrame, kept: int | None = None) -> str:
 
     deformable = bool(table["deformable"].any())
     steps = "rigid + deformable" if deformable else "rigid only"
-    parts = [f"{len(table)} patients registered ({steps}, {median('seconds'):.1f} s per "
-             "patient, median)."]
+    unregistered = table["registration_note"].astype(str) != ""
+    parts = []
+    if unregistered.any():
+        parts.append(f"{int(unregistered.sum())} of {len(table)} patients not registered: every "
+                     "image shares the CT's frame, placed on the CT grid by geometry alone.")
+        scanner = pd.to_numeric(table["dice_scanner"], errors="coerce").dropna()
+        if len(scanner):
+            parts.append(f"Dice of the per-image contours placed by geometry: median "
+                         f"{scanner.median():.3f} (lowest {scanner.min():.3f}).")
+    if (~unregistered).any():
+        parts.append(f"{int((~unregistered).sum())} patients registered ({steps}, "
+                     f"{median('seconds'):.1f} s per patient, median).")
     if table["tre_rigid_mm"].notna().any():
         text = f"Median landmark TRE: rigid {median('tre_rigid_mm'):.2f} mm"
         if deformable:
@@ -210,4 +240,21 @@ def registration_summary(table: pd.DataFrame, kept: int | None = None) -> str:
                  + (f": {', '.join(flagged['patient_id'])}." if len(flagged) else "."))
     if kept is not None:
         parts.append(f"{kept} of {len(table)} patients go on to the later stages.")
+    return " ".join(parts)
+
+
+def frame_statement(cohort: CohortConfig, qa: pd.DataFrame, reused: int = 0) -> str:
+    """Which images were registered and which share the CT's frame (and so were not), in words."""
+    same = [m for m in cohort.same_frame_as_ct if m in cohort.modalities]
+    parts = [f"{len(qa)} patients, {reused} of them reused from the work folder."]
+    if cohort.registered:
+        parts.append(f"Registered to the CT: {', '.join(cohort.registered)} (reference sequence "
+                     f"`{cohort.mr_reference}`).")
+    else:
+        parts.append("Nothing to register: every declared image shares the CT's frame of "
+                     "reference, so no image was registered; each was resampled onto the CT grid "
+                     "by geometry alone and checked below (its own contour placed on the CT, the "
+                     "GTV inside its field of view).")
+    if same:
+        parts.append(f"In the CT's frame (`same_frame_as_ct`, not registered): {', '.join(same)}.")
     return " ".join(parts)

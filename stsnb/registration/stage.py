@@ -3,7 +3,10 @@
 Per patient, ``work_dir/registration/<patient_id>/`` holds the images on the CT grid
 (``<modality>.nii.gz``, ``gtv.nii.gz``, ``gtv_from_mr[_rigid].nii.gz``), the transforms
 (``transform_<modality>_rigid.tfm``, ``transform_<modality>.h5``: CT points -> image points),
-``jacobian.nii.gz``, ``metric_history.csv``, ``qa.json`` and ``record.json``. The record (written
+``jacobian.nii.gz``, ``metric_history.csv``, ``qa.json``, ``qa_images.csv`` (the per-image checks)
+and ``record.json``; ``registration/qa_images.csv`` gathers the per-image checks of every
+patient. With nothing to register (every image in the CT's frame) the images are resampled onto
+the CT grid by geometry alone and written where registered ones would be. The record (written
 last, atomically, like every file) holds the hashes of the input files and the settings; a
 patient is reused only when they match and every output exists.
 """
@@ -39,14 +42,15 @@ from ..store import (
     write_json_atomic,
 )
 from .inputs import PatientInputs, patient_inputs
-from .patient import PatientRegistration, register_patient
+from .patient import IMAGE_QA_COLUMNS, PatientRegistration, register_patient
 from .qa import QAThresholds, qa_table, read_qa
 from .review import registration_dir, write_review_template
 from .settings import registration_settings
 
 STAGE = "registration"
 #: Bumped whenever the algorithm changes what it writes (invalidates every record).
-REGISTRATION_VERSION = 2  # 2: the QA row holds the tumour shift (gtv_shift_mm, ct_frame_shift_mm)
+REGISTRATION_VERSION = 3  # 3: per-image checks (qa_images.csv); nothing to register is a case
+IMAGE_QA_FILE = "qa_images.csv"
 RECORD = "record.json"
 
 
@@ -55,12 +59,21 @@ class RegistrationRun:
     """What chapter 02 shows: the QA table and how it was made."""
 
     qa: pd.DataFrame
+    images: pd.DataFrame  # the per-image checks (IMAGE_QA_COLUMNS)
     config: RegistrationConfig
     cohort: CohortConfig
     thresholds: QAThresholds
     reused: tuple[str, ...]  # patients whose saved outputs were reused
     work_dir: Path
     cohort_dir: Path
+
+
+def read_image_qa(path: str | Path) -> pd.DataFrame:
+    """``registration/qa_images.csv`` with its types (patient_id, image, note str)."""
+    table = pd.read_csv(path, dtype={"patient_id": str, "image": str, "note": str})
+    table["registered"] = table["registered"].astype(bool)
+    table["note"] = table["note"].fillna("")
+    return table
 
 
 def patient_dir(work_dir: str | Path, patient_id: str) -> Path:
@@ -119,6 +132,8 @@ def save_patient(result: PatientRegistration, folder: Path, key: dict[str, Any])
         outputs.append(_write_image(result.deformation.jacobian, folder / "jacobian.nii.gz"))
     outputs.append(write_csv_atomic(result.history, folder / "metric_history.csv"))
     outputs.append(write_json_atomic(folder / "qa.json", result.qa))
+    if result.image_qa is not None:
+        outputs.append(write_csv_atomic(result.image_qa, folder / IMAGE_QA_FILE))
     write_json_atomic(folder / RECORD, {
         "key_hash": hash_config(key), "key": key,
         "outputs": [p.name for p in outputs],
@@ -191,7 +206,7 @@ def run_registration(
     check_registration_space(registration_dir(work_dir), [
         patient_inputs(cohort_dir, p, cohort) for p in ids
         if saved_qa(patient_dir(work_dir, p), keys[p]) is None])
-    rows, reused, outputs = [], [], []
+    rows, image_rows, reused, outputs = [], [], [], []
     bar = tqdm(ids, desc="registration", unit="patient", disable=not progress)
     for pid in bar:
         bar.set_postfix_str(pid)
@@ -204,14 +219,20 @@ def run_registration(
         else:
             reused.append(pid)
         rows.append(qa)
+        image_rows.append(pd.read_csv(folder / IMAGE_QA_FILE, dtype={"patient_id": str}))
         outputs.append(folder / RECORD)
     table = qa_table(rows, thresholds)
     qa_path = write_csv_atomic(table, registration_dir(work_dir) / "qa.csv")
+    images_path = write_csv_atomic(
+        pd.concat(image_rows, ignore_index=True) if image_rows
+        else pd.DataFrame(columns=list(IMAGE_QA_COLUMNS)),
+        registration_dir(work_dir) / IMAGE_QA_FILE)
     write_review_template(work_dir, table)
     if len(reused) < len(ids) or not stage.is_current():
-        stage.finish([qa_path, *outputs])
+        stage.finish([qa_path, images_path, *outputs])
     update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE,
                     cohort_sha256=_curated_checksum(work_dir))
-    return RegistrationRun(qa=read_qa(qa_path), config=config, cohort=cohort,
+    return RegistrationRun(qa=read_qa(qa_path), images=read_image_qa(images_path),
+                           config=config, cohort=cohort,
                            thresholds=thresholds, reused=tuple(reused), work_dir=work_dir,
                            cohort_dir=cohort_dir)

@@ -11,7 +11,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ..cohort_config import read_cohort_config
+from ..errors import StsnbError
 from ..imageio import read_image
+from ..modalities import MR_MODALITIES
 from .geometry import box_corners_mm, crop, index_box, mask_box
 from .inputs import patient_inputs
 from .stage import patient_dir
@@ -26,7 +28,7 @@ class PatientViews:
     """
 
     patient_id: str
-    reference: str  # the registered MR sequence shown
+    reference: str  # the MR sequence shown (registered, or the first image in the CT's frame)
     z_index: int  # axial index of the slice on the CT grid
     z_mm: float  # its physical z (mm)
     spacing_xy_mm: tuple[float, float]
@@ -40,6 +42,7 @@ class PatientViews:
     jacobian: np.ndarray | None
     history: pd.DataFrame
     qa: dict
+    registered: bool = True  # False: nothing registered, the image placed by geometry alone
 
 
 def _slice(image: sitk.Image, z: int) -> np.ndarray:
@@ -63,15 +66,23 @@ def load_views(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
     folder = patient_dir(work_dir, patient_id)
     qa = json.loads((folder / "qa.json").read_text(encoding="utf-8"))
     inputs = patient_inputs(cohort_dir, patient_id, read_cohort_config(cohort_dir))
-    ref = inputs.reference
+    ref = inputs.reference or shown_image(inputs.same_frame)
     ct = read_image(inputs.ct, patient_id, "ct")
     gtv = sitk.ReadImage(str(folder / "gtv.nii.gz"))
     z = central_slice(gtv) if z_index is None else int(z_index)
     plane = ct[:, :, z:z + 1]
-    mr = read_image(inputs.registered[ref], patient_id, ref)
+    path = inputs.registered.get(ref) or inputs.same_frame[ref]
+    mr = read_image(path, patient_id, ref)
     before = sitk.Resample(mr, plane, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    rigid_tfm = sitk.ReadTransform(str(folder / f"transform_{ref}_rigid.tfm"))
-    rigid = sitk.Resample(mr, plane, rigid_tfm, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    rigid = None
+    if inputs.registered:
+        rigid_tfm = sitk.ReadTransform(str(folder / f"transform_{ref}_rigid.tfm"))
+        rigid = sitk.GetArrayFromImage(sitk.Resample(mr, plane, rigid_tfm, sitk.sitkLinear, 0.0,
+                                                     sitk.sitkFloat32))[0]
+        rigid_contour = folder / "gtv_from_mr_rigid.nii.gz"
+        contour = folder / "gtv_from_mr.nii.gz"
+    else:  # the image's own contour placed by geometry, shown as the "rigid" one
+        rigid_contour = contour = folder / f"gtv_from_{ref}.nii.gz"
     jacobian = None
     if (folder / "jacobian.nii.gz").exists():
         jac = sitk.Resample(sitk.ReadImage(str(folder / "jacobian.nii.gz")), plane,
@@ -83,15 +94,24 @@ def load_views(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
         spacing_xy_mm=(float(ct.GetSpacing()[0]), float(ct.GetSpacing()[1])),
         ct=_slice(ct, z).astype(np.float32),
         mr_before=sitk.GetArrayFromImage(before)[0],
-        mr_rigid=sitk.GetArrayFromImage(rigid)[0],
+        mr_rigid=rigid,
         mr_after=_slice(sitk.ReadImage(str(folder / f"{ref}.nii.gz")), z).astype(np.float32),
         gtv=_slice(gtv, z),
-        gtv_from_mr_rigid=_optional(folder / "gtv_from_mr_rigid.nii.gz", z),
-        gtv_from_mr=_optional(folder / "gtv_from_mr.nii.gz", z),
+        gtv_from_mr_rigid=_optional(rigid_contour, z),
+        gtv_from_mr=_optional(contour, z),
         jacobian=jacobian,
         history=pd.read_csv(folder / "metric_history.csv"),
-        qa=qa,
+        qa=qa, registered=bool(inputs.registered),
     )
+
+
+def shown_image(images: dict[str, Path]) -> str:
+    """The image the figures show when nothing is registered: the first MR sequence in the
+    CT's frame, else the first image."""
+    mr = [m for m in images if m in MR_MODALITIES]
+    if not mr and not images:
+        raise StsnbError("The cohort declares no image besides the CT: nothing to show.")
+    return (mr or list(images))[0]
 
 
 def sample_patients(qa: pd.DataFrame, n_others: int, seed: int = 0) -> list[str]:
@@ -113,10 +133,12 @@ def registered_volumes(cohort_dir: str | Path, work_dir: str | Path, patient_id:
     box = mask_box(gtv)
     region = index_box(gtv, box_corners_mm(gtv, box), margin_mm) if box else None
     region = region or ((0, 0, 0), tuple(gtv.GetSize()))
-    contour_path = folder / "gtv_from_mr.nii.gz"
+    shown = inputs.reference or shown_image(inputs.same_frame)
+    contour_path = folder / ("gtv_from_mr.nii.gz" if inputs.reference
+                             else f"gtv_from_{shown}.nii.gz")
     volumes = {
         "fixed": read_image(inputs.ct, patient_id, "ct"),
-        "moving": sitk.ReadImage(str(folder / f"{inputs.reference}.nii.gz")),
+        "moving": sitk.ReadImage(str(folder / f"{shown}.nii.gz")),
         "contour": sitk.ReadImage(str(contour_path)) if contour_path.exists() else gtv,
         "gtv": gtv,
     }
