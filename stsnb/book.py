@@ -39,6 +39,11 @@ CHAPTERS: tuple[str, ...] = (
     "07_real_cohort",  # appendix: the TCIA sample imported from DICOM (its own cohort)
 )
 TRAINING_CHAPTER = "04_training"
+#: The chapters that need the profile's cross-validation (replaced by a page saying so when the
+#: cohort is too small for it).
+CV_CHAPTERS = ("04_training", "05_cv_results", "08_controls", "06_gradcam")
+#: The page that stands for chapter 04's runs when the cohort is too small.
+TOO_SMALL_TRAINING_PAGE = "04_training_too_small"
 BOOK_FILES = ("_config.yml", "_toc.yml")
 #: Cell tags that keep papermill's injected cell and the default parameters out of the book.
 HIDDEN_TAGS = {"injected-parameters": "remove-cell", "parameters": "remove-cell"}
@@ -225,7 +230,18 @@ def run_chapters(
     if unknown:
         raise StsnbError(f"Unknown chapter(s) {unknown}: expected some of {list(CHAPTERS)}.")
     outputs = []
+    shortfall = None
     for name in chapters:
+        if name in CV_CHAPTERS and shortfall is None:
+            shortfall = cohort_shortfall(work_dir, profile, seed) or ""
+            if shortfall:
+                print(f"[stsnb] the cohort is too small for cross-validation: {shortfall} The "
+                      f"chapters {', '.join(CV_CHAPTERS)} are replaced in the book by a page "
+                      "that says so.", flush=True)
+        if name in CV_CHAPTERS and shortfall:
+            outputs.append(write_too_small_page(generated, name, shortfall, profile))
+            continue
+        remove_too_small_page(generated, name)
         if name == TRAINING_CHAPTER:
             from .batch import run_training_batch
 
@@ -236,6 +252,51 @@ def run_chapters(
         print(f"[stsnb] executing {name} -> {generated / (name + '.ipynb')}", flush=True)
         outputs.append(execute_chapter(name, generated, {**parameters, **extra}, work_dir))
     return outputs
+
+
+def cohort_shortfall(work_dir: str | Path, profile: str = "auto", seed: int = 0) -> str | None:
+    """Why the patients that chapter 02 kept cannot be cross-validated with the profile's folds
+    (numbers of patients and events, and what is needed); None when they can."""
+    from .config import resolve_profile
+    from .curation import read_cohort_table
+    from .folds import cross_validation_shortfall
+    from .registration import final_patients
+
+    config = resolve_profile(profile).training
+    kept = final_patients(work_dir)
+    cohort = read_cohort_table(work_dir).set_index("patient_id")
+    labels = cohort["label"].reindex(kept)
+    return cross_validation_shortfall(labels, config.folds, seed, config.validation_fraction)
+
+
+def write_too_small_page(generated: Path, chapter: str, shortfall: str, profile: str) -> Path:
+    """The page that replaces `chapter` in the book when the cohort is too small (any executed
+    notebook of that chapter from an earlier run is removed, so the book shows only this)."""
+    from .config import resolve_profile
+
+    resolved = resolve_profile(profile)
+    name = TOO_SMALL_TRAINING_PAGE if chapter == TRAINING_CHAPTER else chapter
+    for stale in ([*generated.glob(f"{TRAINING_CHAPTER}_*.ipynb")]
+                  if chapter == TRAINING_CHAPTER else [generated / f"{chapter}.ipynb"]):
+        stale.unlink(missing_ok=True)
+    title = {"04_training": "04 Training", "05_cv_results": "05 Cross-validated results",
+             "08_controls": "Controls", "06_gradcam": "06 Grad-CAM"}[chapter]
+    text = (f"# {title}: not run, the cohort is too small\n\n"
+            f"The {resolved.name} profile cross-validates over {resolved.training.folds} "
+            "patient-grouped folds, stratified by outcome: each fold's test set needs patients "
+            "of both classes, and each training set a validation patient, so each class needs "
+            f"at least {resolved.training.folds} patients. This cohort: {shortfall}\n\n"
+            "Chapters 01-03 ran on it (curation, registration QA, the slice store); this "
+            "chapter and the others that need cross-validation are left out rather than "
+            "computed on too few patients. Fix: a larger cohort, or a profile with fewer "
+            "folds (`smoke`: 2 folds).\n")
+    return write_text_atomic(generated / f"{name}.md", text)
+
+
+def remove_too_small_page(generated: Path, chapter: str) -> None:
+    """Remove the too-small page of `chapter` (its notebook is executed this time)."""
+    name = TOO_SMALL_TRAINING_PAGE if chapter == TRAINING_CHAPTER else chapter
+    (generated / f"{name}.md").unlink(missing_ok=True)
 
 
 def run_summary_markdown(work_dir: str | Path) -> str:

@@ -149,6 +149,22 @@ def assert_no_leakage(fold: Fold, patient_ids: np.ndarray, grouped: bool = True)
                                        f"both {a} and {b}.")
 
 
+def cross_validation_shortfall(patient_labels: pd.Series, n_folds: int, seed: int = 0,
+                               validation_fraction: float = 0.1) -> str | None:
+    """Why patient-grouped `n_folds`-fold CV cannot run on patients with these 0/1 labels
+    (one per patient, indexed by patient id), in words; None when it can. The folds are drawn
+    exactly as `make_folds` draws them (one slice per patient stands for each patient)."""
+    labels = pd.Series(patient_labels).dropna().astype(int)
+    index = pd.DataFrame({"patient_id": labels.index.astype(str), "slice_index": 0,
+                          "label": labels.to_numpy()})
+    try:
+        make_folds(index, "patient", n_folds, seed, validation_fraction)
+    except ConfigError as exc:
+        reason = str(exc).split(" Fix:")[0]  # the page says what to do
+        return f"{len(labels)} patients, {int(labels.sum())} with the event: {reason}"
+    return None
+
+
 def make_folds(index: pd.DataFrame, split: str, n_folds: int, seed: int = 0,
                validation_fraction: float = 0.1,
                labels: np.ndarray | None = None) -> FoldPlan:

@@ -56,6 +56,36 @@ def real_cohort(tmp_path_factory) -> Path:
     return root / "cohort"
 
 
+def test_real_sample_without_registration_runs_and_too_small_chapters_say_so(real_cohort,
+                                                                              tmp_path):
+    """Imported as the importer proposes (MR and PET in the CT's frame, nothing registered):
+    chapters 01-03 run, the cross-validated chapters become pages that give the numbers."""
+    from stsnb.book import run_chapters
+    from stsnb.folds import cross_validation_shortfall
+
+    work = tmp_path / "work"
+    outputs = run_chapters(real_cohort, work, profile="smoke",
+                           chapters=("01_data_curation", "02_registration_qa",
+                                     "03_preprocessing", "04_training", "05_cv_results"))
+    names = [p.name for p in outputs]
+    assert names == ["01_data_curation.ipynb", "02_registration_qa.ipynb",
+                     "03_preprocessing.ipynb", "04_training_too_small.md", "05_cv_results.md"]
+    images = pd.read_csv(work / "registration" / "qa_images.csv")
+    assert set(images["image"]) == {"t1w", "pet"} and not images["registered"].any()
+    assert (images["dice_scanner"] >= 0.9).all() and (images["gtv_in_fov"] > 0.99).all()
+    qa = pd.read_csv(work / "registration" / "qa.csv")
+    assert qa["registration_note"].str.contains("not registered").all()
+    assert len(pd.read_csv(work / "slices" / "index.csv")) > 0  # the slice store was written
+    page = (outputs[3]).read_text(encoding="utf-8")
+    assert "too small" in page and "3 patients" in page and "2 folds" in page
+    chapter02 = outputs[1].read_text(encoding="utf-8")
+    assert "Nothing to register" in chapter02 and "Traceback" not in chapter02
+    # enough patients: no shortfall
+    labels = pd.Series([0, 1] * 3, index=[f"P{i}" for i in range(6)])
+    assert cross_validation_shortfall(labels, 2) is None
+    assert "needs at least 3" in cross_validation_shortfall(labels.iloc[:5], 3)
+
+
 def test_real_sample_masks_and_grids_match_the_shipped_nifti(real_cohort):
     ids = pd.read_csv(real_cohort.parent / "ids.csv", dtype=str)
     assert list(ids["source_folder"]) == list(SAMPLE_PATIENTS)
