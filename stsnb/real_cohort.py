@@ -1,6 +1,7 @@
 """The appendix's real cohort: the public TCIA sample (examples/tcia-sts-sample) imported from
-DICOM, checked against its independently converted NIfTI masks, and the near-identity check of
-registering an MR that already shares the CT's frame.
+DICOM as the importer proposes (every image in the CT's frame, nothing registered), checked
+against its independently converted NIfTI masks; and, as a separate analysis, the near-identity
+check of registering an MR that already shares the CT's frame anyway.
 
 Lengths are in mm. The sample's NIfTI masks (``<patient>/nifti/<CT|MR_T1|PET>_mask.nii.gz``)
 were converted from the same RTSTRUCTs by another tool (MIRP), so they test the importer's
@@ -106,23 +107,28 @@ def registration_toml(settings: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def import_sample(sample_dir: str | Path, out_dir: str | Path,
+def import_sample(sample_dir: str | Path, out_dir: str | Path, register_t1w: bool = False,
                   registration: Mapping[str, Any] = SAMPLE_REGISTRATION,
                   progress: bool = False) -> ImportResult:
-    """Import the TCIA sample into ``out_dir/cohort`` (ids P001..., the link in
-    ``out_dir/ids.csv``), registering the T1w anyway, and add `registration` to its cohort.toml.
+    """Import the TCIA sample (ids P001..., the link in ``out_dir/ids.csv``).
 
-    An earlier import there is replaced (the import writes the same files again, so the stages
-    that follow reuse their outputs).
+    As the importer proposes (the default): into ``out_dir/cohort``, every image in the CT's
+    frame of reference declared ``same_frame_as_ct`` (nothing is registered). With
+    `register_t1w`: into ``out_dir/cohort_t1w_registered``, the T1w registered anyway, with
+    `registration` added to its cohort.toml. An earlier import there is replaced (the import
+    writes the same files again, so the stages that follow reuse their outputs).
     """
     sample_dir, out_dir = Path(sample_dir), Path(out_dir)
     result = import_dicom_cohort(
-        sample_dir, out_dir / "cohort", clinical=sample_dir / "clinical_tcia.csv",
+        sample_dir, out_dir / ("cohort_t1w_registered" if register_t1w else "cohort"),
+        clinical=sample_dir / "clinical_tcia.csv",
         clinical_map=sample_dir / "clinical_map.toml", id_map=out_dir / "ids.csv",
-        register=("t1w",), overwrite=True, progress=progress,
+        register=("t1w",) if register_t1w else (), overwrite=True, progress=progress,
     )
-    toml = result.cohort_dir / COHORT_TOML
-    write_text_atomic(toml, toml.read_text(encoding="utf-8") + registration_toml(registration))
+    if register_t1w:
+        toml = result.cohort_dir / COHORT_TOML
+        write_text_atomic(toml, toml.read_text(encoding="utf-8")
+                          + registration_toml(registration))
     return result
 
 

@@ -48,7 +48,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The sample imported and taken through curation, registration and preprocessing."""
     out = tmp_path_factory.mktemp("real-cohort")
     started = time.perf_counter()
-    imported = import_sample(SAMPLE, out)
+    imported = import_sample(SAMPLE, out, register_t1w=True)
     work = out / "work"
     run_curation(imported.cohort_dir, work, SMOKE, progress=False)
     run = run_registration(imported.cohort_dir, work, SMOKE, progress=False)
