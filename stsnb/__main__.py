@@ -12,7 +12,8 @@ from . import __version__
 from .errors import StsnbError
 from .store import write_json_atomic
 
-#: Written after a complete generation: (patients, seed, version) of the cohort in the folder.
+#: Written after a complete generation: (patients, seed, version; the images and the MR frame
+#: when not the defaults) of the cohort in the folder.
 SYNTH_STAMP = ".stsnb-synth.json"
 
 
@@ -27,13 +28,16 @@ def _synth(args: argparse.Namespace) -> None:
     wanted = {"patients": args.patients, "seed": args.seed, "version": __version__}
     if modalities != STUDY_MODALITIES:
         wanted["modalities"] = list(modalities)
+    if args.mr_frame != "own":  # a default cohort's stamp stays as it was
+        wanted["mr_frame"] = args.mr_frame
     if not args.force and stamp.exists() and json.loads(stamp.read_text()) == wanted:
-        print(f"[stsnb] synthetic cohort already in {out} (same patients, seed and images): kept")
+        print(f"[stsnb] synthetic cohort already in {out} (same patients, seed, images and MR "
+              "frame): kept")
         return
     started = time.perf_counter()
     table = make_synthetic_cohort(out, n_patients=args.patients, seed=args.seed,
                                   progress=not args.quiet, modalities=modalities,
-                                  workers=args.workers)
+                                  workers=args.workers, mr_frame=args.mr_frame)
     seconds = time.perf_counter() - started
     write_json_atomic(stamp, wanted)
     print(f"[stsnb] synthetic cohort: {len(table)} screened patients in {out} ({seconds:.1f} s)")
@@ -109,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "required (default ct,dose,t1w,t2w,ce_t1w; also pet, e.g. ct,pet,t1w)")
     synth.add_argument("--workers", type=int, default=None,
                        help="processes rendering patients in parallel (default: CPU count)")
+    synth.add_argument("--mr-frame", default="own", choices=["own", "ct"],
+                       help="frame of the MR sequences: own (default: the MR scanner's, "
+                       "displaced, rotated and deformed from the CT's, so they are registered) "
+                       "or ct (written co-registered in the CT's frame on the MR's own grid, "
+                       "listed in same_frame_as_ct: nothing to register)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.add_argument("--force", action="store_true", help="regenerate even if present")
     synth.set_defaults(func=_synth)

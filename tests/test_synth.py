@@ -21,7 +21,7 @@ from stsnb.synth import anatomy as A
 from stsnb.synth import make_synthetic_cohort, plan_cohort
 from stsnb.synth.pet import psf_sigma_mm, render_pet
 from stsnb.synth.plan import assign_missing, n_incomplete, patient_rng, plan_patients
-from stsnb.synth.writer import check_modalities
+from stsnb.synth.writer import check_modalities, cohort_toml
 
 N_PATIENTS, SEED = 8, 3
 PET_MODALITIES = ("ct", "pet", "t1w")  # the images of conftest.py's pet_cohort
@@ -486,3 +486,150 @@ def test_a_subset_of_images_leaves_the_others_unchanged(pet_cohort: Path, cohort
                 assert ours.read_bytes() == full.read_bytes(), (pdir.name, name)
                 compared += 1
     assert compared >= 4 * (N_PATIENTS - 2)
+
+
+# ---------------------------------------------------------------- MR written in the CT's frame
+
+CT_FRAME_PATIENTS = 4  # seed 0: SYN002 lacks its T2w
+
+
+@pytest.fixture(scope="module")
+def ct_frame_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The study's five images of 4 patients (seed 0), the MR sequences in the CT's frame."""
+    out = tmp_path_factory.mktemp("ct-frame") / "synthetic-ct-frame"
+    make_synthetic_cohort(out, n_patients=CT_FRAME_PATIENTS, seed=0, progress=False, workers=1,
+                          mr_frame="ct")
+    return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_ct_frame_cohort_declares_nothing_to_register(ct_frame_cohort: Path):
+    toml = tomllib.loads((ct_frame_cohort / "cohort.toml").read_text())
+    assert toml == {"modalities": list(STUDY_MODALITIES),
+                    "same_frame_as_ct": ["dose", *MR_MODALITIES]}
+    config = read_cohort_config(ct_frame_cohort)
+    assert set(MR_MODALITIES) <= set(config.same_frame_as_ct)
+    assert config.registered == () and config.mr_reference == ""
+    assert "mr_frame=ct" in (ct_frame_cohort / "cohort.toml").read_text()
+    pet = tomllib.loads(cohort_toml(N_PATIENTS, SEED, PET_MODALITIES, "ct"))
+    assert pet == {"modalities": list(PET_MODALITIES), "same_frame_as_ct": ["pet", "t1w"]}
+    assert cohort_toml(2, 0) == cohort_toml(2, 0, STUDY_MODALITIES, "own")
+
+
+def test_ct_frame_mr_is_on_its_own_grid_in_the_ct_frame(ct_frame_cohort: Path):
+    dices = []
+    for pdir in sorted(p for p in ct_frame_cohort.iterdir() if p.is_dir()):
+        ct_img, _ = read(pdir / "ct.nii.gz")
+        contour = sitk.ReadImage(str(pdir / "truth" / "gtv_mr.nii.gz"))
+        seqs = [s for s in MR_MODALITIES if (pdir / f"{s}.nii.gz").exists()]
+        assert len(seqs) >= 2, pdir.name
+        for seq in seqs:
+            img = sitk.ReadImage(str(pdir / f"{seq}.nii.gz"))
+            # its own grid: MR voxels (finer in-plane, thicker slices), another FOV and origin
+            assert img.GetSpacing()[0] < ct_img.GetSpacing()[0] and img.GetSpacing()[2] >= 4.0
+            assert img.GetSize() != ct_img.GetSize()
+            assert np.max(np.abs(np.subtract(img.GetOrigin(), ct_img.GetOrigin()))) > 1.0
+            assert (img.GetSize()[0] * img.GetSpacing()[0]
+                    < ct_img.GetSize()[0] * ct_img.GetSpacing()[0])
+            assert img.GetDirection() == ct_img.GetDirection()  # identity
+            # the contour is drawn on that grid
+            assert (contour.GetSize(), contour.GetSpacing(), contour.GetOrigin(),
+                    contour.GetDirection()) == (img.GetSize(), img.GetSpacing(),
+                                                img.GetOrigin(), img.GetDirection())
+        # ... and covers the tumour with margin along the slices and in-plane
+        gtv_mr = sitk.GetArrayFromImage(contour).astype(bool)
+        sz, sx = contour.GetSpacing()[2], contour.GetSpacing()[0]
+        ks, js, iis = (np.nonzero(gtv_mr.any(axis=axes))[0] for axes in ((1, 2), (0, 2), (0, 1)))
+        assert ks.min() * sz >= 10 and (gtv_mr.shape[0] - 1 - ks.max()) * sz >= 10
+        for idx, n in ((js, gtv_mr.shape[1]), (iis, gtv_mr.shape[2])):
+            assert idx.min() * sx >= 10 and (n - 1 - idx.max()) * sx >= 10
+        # landmarks: the identity
+        lm = pd.read_csv(pdir / "truth" / "landmarks_mm.csv")
+        assert len(lm) >= 8
+        assert np.array_equal(lm[["ct_x", "ct_y", "ct_z"]].to_numpy(),
+                              lm[["mr_x", "mr_y", "mr_z"]].to_numpy())
+        # the truth transform is the identity too
+        tfm = truth_transform(pdir)
+        pts = lm[["ct_x", "ct_y", "ct_z"]].to_numpy()
+        mapped = np.array([tfm.TransformPoint(p.tolist()) for p in pts])
+        assert np.abs(mapped - pts).max() < 1e-6
+        if not (pdir / "gtv.nii.gz").exists():
+            continue
+        # by geometry alone the MR contour lands on the CT's GTV
+        on_ct = sitk.GetArrayFromImage(
+            sitk.Resample(contour, ct_img, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+        gtv = read(pdir / "gtv.nii.gz")[1].astype(bool)
+        dices.append(_dice(on_ct, gtv))
+        # and so does the anatomy of the images (tissue contrasts against the CT's labels)
+        _, lab = read(pdir / "truth" / "tissue_labels.nii.gz")
+        t1 = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(pdir / "t1w.nii.gz")),
+                                                  ct_img, sitk.Transform(), sitk.sitkLinear,
+                                                  -1.0))
+        fat, muscle = (_interior(lab, label) & (t1 >= 0) for label in (A.FAT, A.MUSCLE))
+        assert np.median(t1[fat]) > 1.8 * np.median(t1[muscle]), pdir.name
+        inside = gtv & (t1 >= 0)
+        assert inside.sum() > 0.99 * gtv.sum()  # the MR's FOV holds the whole tumour
+    assert len(dices) >= CT_FRAME_PATIENTS - 1
+    assert min(dices) >= 0.95, dices
+
+
+def test_ct_frame_changes_only_the_mr_files(ct_frame_cohort: Path):
+    """CT, dose, GTV and tissue labels are the default cohort's files (same seed, recorded
+    hashes); the MR sequences and their truth are not."""
+    digests = {name: hashlib.sha256(data).hexdigest()[:16]
+               for name, data in _file_bytes(ct_frame_cohort).items()}
+    for pid in ("SYN001", "SYN002"):  # complete in the recorded 2-patient cohort
+        for name in ("ct.nii.gz", "dose.nii.gz", "gtv.nii.gz", "truth/tissue_labels.nii.gz"):
+            key = f"{pid}/{name}"
+            assert digests[key] == DEFAULT_COHORT_SHA256[key], key
+    assert digests["SYN001/truth/risk.json"] == DEFAULT_COHORT_SHA256["SYN001/truth/risk.json"]
+    for name in ("t1w.nii.gz", "ce_t1w.nii.gz", "truth/gtv_mr.nii.gz", "truth/README.txt",
+                 "truth/landmarks_mm.csv", "truth/ct_to_mr_rigid.tfm"):
+        assert digests[f"SYN001/{name}"] != DEFAULT_COHORT_SHA256[f"SYN001/{name}"], name
+    # the same patients and outcomes
+    plan_own = plan_patients(2, 0)
+    plan_ct = plan_patients(2, 0, mr_frame="ct")
+    for own, ct in zip(plan_own, plan_ct, strict=True):
+        assert own.clinical == ct.clinical and own.factors == ct.factors
+        assert own.mr.grid.spacing == ct.mr.grid.spacing and own.mr.grid != ct.mr.grid
+
+
+def test_explicit_own_mr_frame_is_the_recorded_default_cohort(tmp_path: Path):
+    make_synthetic_cohort(tmp_path / "own", n_patients=2, seed=0, progress=False, workers=1,
+                          mr_frame="own")
+    digests = {name: hashlib.sha256(data).hexdigest()[:16]
+               for name, data in _file_bytes(tmp_path / "own").items()}
+    assert digests == DEFAULT_COHORT_SHA256
+    with pytest.raises(ConfigError, match="mr_frame"):
+        make_synthetic_cohort(tmp_path / "x", n_patients=1, progress=False, mr_frame="scanner")
+    assert not (tmp_path / "x").exists()
+
+
+def test_synth_stamp_tells_the_mr_frames_apart(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from stsnb.__main__ import SYNTH_STAMP, main
+
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    assert "--mr-frame {own,ct}" in capsys.readouterr().out
+    out = tmp_path / "cohort"
+    args = ["synth", "--out", str(out), "--patients", "1", "--seed", "5", "--quiet",
+            "--workers", "1", "--modalities", "ct,t1w,t2w"]
+    with pytest.raises(SystemExit):
+        main([*args, "--mr-frame", "scanner"])
+    assert "invalid choice" in capsys.readouterr().err and not out.exists()
+
+    def synth(*extra: str) -> tuple[str, dict]:
+        assert main([*args, *extra]) == 0
+        return capsys.readouterr().out, json.loads((out / SYNTH_STAMP).read_text())
+
+    printed, stamp = synth()
+    assert "kept" not in printed and "mr_frame" not in stamp  # default stamps are unchanged
+    printed, stamp = synth("--mr-frame", "ct")
+    assert "kept" not in printed and stamp["mr_frame"] == "ct"
+    assert read_cohort_config(out).registered == ()
+    assert "kept" in synth("--mr-frame", "ct")[0]
+    printed, _ = synth("--mr-frame", "own")
+    assert "kept" not in printed and read_cohort_config(out).registered == ("t1w", "t2w")

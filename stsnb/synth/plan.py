@@ -27,6 +27,9 @@ PET_TUMOUR_SUV = {1: 3.0, 2: 5.5, 3: 8.5}
 #: CT slice thickness (mm) and the study's margin around the tumour's z-extent (mm).
 CT_SLICE_MM = 3.0
 Z_MARGIN_MM = 10.0
+#: Frames the MR session can be written in: its own (the MR scanner's, displaced, rotated and
+#: deformed from the CT's) or the CT's (co-registered, as in many research exports).
+MR_FRAMES = ("own", "ct")
 
 # site -> anatomy ranges (mm). bones: (x offset, y offset, radius, cortex) ranges;
 # artery: (angle deg about the first bone, distance mm); septa: angles (deg) about the first bone.
@@ -270,9 +273,30 @@ def draw_dose(rng: np.random.Generator, bbox: np.ndarray, tumour: Tumour, limb: 
     )
 
 
-def draw_mr(rng: np.random.Generator, tumour: Tumour, limb: Limb, ct: Grid) -> MrSession:
-    """The MR session: own frame (oblique direction, ~0.8 mm x 4-5 mm voxels, smaller FOV), the
-    true CT->MR map (rigid offset + smooth deformation) and optional inter-sequence motion."""
+def check_mr_frame(mr_frame: str) -> str:
+    """``mr_frame`` when it is one of MR_FRAMES, else ConfigError."""
+    if mr_frame not in MR_FRAMES:
+        raise ConfigError(f"mr_frame must be one of {', '.join(map(repr, MR_FRAMES))}, "
+                          f"got {mr_frame!r}.")
+    return mr_frame
+
+
+def identity_ct_to_mr(deformation: Deformation) -> CtToMr:
+    """The identity CT->MR map (no rigid part, ``deformation``'s bumps with zero amplitude)."""
+    zero = Rigid((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    return CtToMr(zero, Deformation(deformation.centers_mm, deformation.sigmas_mm,
+                                    np.zeros_like(deformation.amplitudes_mm)))
+
+
+def draw_mr(rng: np.random.Generator, tumour: Tumour, limb: Limb, ct: Grid,
+            frame: str = "own") -> MrSession:
+    """The MR session: own grid (~0.8 mm x 4-5 mm voxels, smaller FOV), the true CT->MR map
+    (rigid offset + smooth deformation) and optional inter-sequence motion.
+
+    ``frame`` "own": the grid is oblique in the MR scanner's frame. "ct": the session is written
+    in the CT's frame (identity direction, CT->MR map and motion the identity); the same random
+    numbers are drawn, so the patient's other images and values do not change.
+    """
     c = tumour.center_mm
     rigid = Rigid((_signed(rng, 1, 5), _signed(rng, 1, 5), _signed(rng, 2, 9)),
                   tuple(_signed(rng, 3, 14) for _ in range(3)), tuple(float(v) for v in c))
@@ -283,6 +307,9 @@ def draw_mr(rng: np.random.Generator, tumour: Tumour, limb: Limb, ct: Grid) -> M
     deform = Deformation(centers, rng.uniform(30, 60, size=k), amps)
     t = CtToMr(rigid, deform)
     direction = rotation(_signed(rng, 2, 8), _signed(rng, 1, 5), _signed(rng, 1, 6))
+    in_ct = check_mr_frame(frame) == "ct"
+    if in_ct:
+        t, direction = identity_ct_to_mr(deform), np.eye(3)
     sp = round(_u(rng, (0.7, 0.9)), 4)
     spz = float(rng.choice([4.0, 4.4, 4.5, 5.0, 5.5]))
     fov = float(np.clip(ct.size[0] * ct.spacing[0] * _u(rng, (0.7, 0.85)), 150, 220))
@@ -315,7 +342,7 @@ def draw_mr(rng: np.random.Generator, tumour: Tumour, limb: Limb, ct: Grid) -> M
             motion[seq] = Rigid(tuple(float(v) for v in rng.normal(0, 0.7, 3)),
                                 tuple(float(v) for v in rng.normal(0, 0.8, 3)),
                                 tuple(float(v) for v in t.forward(c[None])[0]))
-        else:
+        if in_ct or seq not in motion:
             motion[seq] = Rigid((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
     return MrSession(
         grid=grid, ct_to_mr=t, motion=motion,
@@ -323,6 +350,7 @@ def draw_mr(rng: np.random.Generator, tumour: Tumour, limb: Limb, ct: Grid) -> M
         noise_sigma=_u(rng, (0.02, 0.035)),
         contrast_jitter={s: _u(rng, (0.92, 1.08)) for s in MR_MODALITIES},
         scales={s: _u(rng, (700, 1400)) for s in MR_MODALITIES},
+        frame=frame,
     )
 
 
@@ -379,8 +407,9 @@ def draw_pet(rng: np.random.Generator, ct: Grid, grade: int) -> PetPlan:
                    noise=_u(rng, (0.06, 0.12)))
 
 
-def plan_patient(seed: int, index: int, missing: str = "") -> PatientPlan:
-    """All parameters of patient ``index`` (0-based); independent of the other patients."""
+def plan_patient(seed: int, index: int, missing: str = "", mr_frame: str = "own") -> PatientPlan:
+    """All parameters of patient ``index`` (0-based); independent of the other patients.
+    ``mr_frame`` (MR_FRAMES) changes only the MR session's frame and grid."""
     rng = patient_rng(seed, index)
     clin = draw_clinical(rng)
     z_t = _u(rng, (-350, 50))
@@ -398,7 +427,7 @@ def plan_patient(seed: int, index: int, missing: str = "") -> PatientPlan:
     ct = draw_ct_grid(rng, ct_bbox, z_min, z_max)
     dose = draw_dose(rng, _body_bbox(limb, tumour, z_min - 66, z_max + 66), tumour, limb,
                      z_min, z_max)
-    mr = draw_mr(rng, tumour, limb, ct)
+    mr = draw_mr(rng, tumour, limb, ct, mr_frame)
     ct_noise = _u(rng, (10, 16))
     jitter = {k: _u(rng, (-6, 6)) for k in ("fat", "muscle", "tumour", "necrosis")}
     jitter["cortex"] = _u(rng, (-200, 300))
@@ -429,13 +458,16 @@ def plan_patient(seed: int, index: int, missing: str = "") -> PatientPlan:
 
 
 def plan_patients(n_patients: int = 72, seed: int = 0,
-                  modalities: tuple[str, ...] = STUDY_MODALITIES) -> list[PatientPlan]:
+                  modalities: tuple[str, ...] = STUDY_MODALITIES,
+                  mr_frame: str = "own") -> list[PatientPlan]:
     """Every screened patient's plan (the cohort make_synthetic_cohort renders); ``modalities``
-    (the generated images) decides only what incomplete patients lack."""
+    (the generated images) decides only what incomplete patients lack, ``mr_frame``
+    (MR_FRAMES) only the MR session's frame and grid."""
     if int(n_patients) != n_patients or n_patients < 1:
         raise ConfigError(f"n_patients must be a whole number >= 1, got {n_patients!r}.")
+    check_mr_frame(mr_frame)
     missing = assign_missing(n_patients, seed, tuple(modalities))
-    return [plan_patient(seed, i, missing[i]) for i in range(n_patients)]
+    return [plan_patient(seed, i, missing[i], mr_frame) for i in range(n_patients)]
 
 
 def plan_table(plans: list[PatientPlan]) -> pd.DataFrame:

@@ -98,6 +98,9 @@ class MrSession:
     noise_sigma: float  # in units of fat T1 signal
     contrast_jitter: dict[str, float]
     scales: dict[str, float]
+    #: "own": the session in the MR scanner's frame; "ct": written in the CT's frame
+    #: (co-registered; ct_to_mr and motion are the identity), on the MR's own grid.
+    frame: str = "own"
 
 
 @dataclass(frozen=True, eq=False)
