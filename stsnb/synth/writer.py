@@ -229,6 +229,12 @@ def write_patient(plan: PatientPlan, out_dir: Path,
         else:
             write_image(imgs[name], path)
     write_image(imgs["tissue_labels"], tdir / "tissue_labels.nii.gz")
+    for seq in MR_MODALITIES:  # in the CT's frame: each sequence's own contour, as imported
+        path = pdir / f"gtv_{seq}.nii.gz"
+        if plan.mr.frame == "ct" and "gtv_mr" in imgs and seq in imgs and seq != plan.missing:
+            write_image(imgs["gtv_mr"], path)
+        else:
+            path.unlink(missing_ok=True)
     if "gtv_mr" in imgs:
         write_image(imgs["gtv_mr"], tdir / "gtv_mr.nii.gz")
         write_image(imgs["displacement"], tdir / "ct_to_mr_displacement.nii.gz")
