@@ -22,6 +22,10 @@ class RegistrationConfig:
     """
 
     initialization: str = "auto"  # auto | scanner | geometry (see stsnb.registration.rigid)
+    # auto keeps the scanner positions (when the images overlap there) unless a start farther
+    # than initialization_far_mm from them improves the start metric by initialization_min_gain
+    initialization_far_mm: float = 10.0
+    initialization_min_gain: float = 0.05  # relative (0.05 = 5 % of the metric's magnitude)
     rigid_iterations: int = 200  # per level; regular-step gradient descent on Mattes MI
     rigid_shrink_factors: tuple[int, ...] = (4, 2, 1)  # multi-resolution pyramid (working grid)
     rigid_smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)  # per level, mm
@@ -43,6 +47,9 @@ class RegistrationConfig:
     bspline_z_damping: float = 5.0  # z coefficients take this many times smaller steps
     bspline_focus_mm: float = 50.0  # metric points within this distance of the GTV (0 = all)
     roi_margin_mm: float = 30.0  # deformable step: tumour z-extent +- this margin (>= 10 mm)
+    # a deformable result displacing any point by more than this (mm; the QA threshold) is
+    # rejected (the rigid result kept), as is one that folds (min Jacobian <= 0)
+    bspline_max_displacement_mm: float = 20.0
 
 
 @dataclass(frozen=True)

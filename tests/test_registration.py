@@ -665,3 +665,80 @@ def test_ct_frame_synthetic_cohort_runs_every_stage_without_registration(tmp_pat
                                 precision="fp32", progress=False)
     assert len(trained.predictions) == len(store.index)
     assert trained.predictions["prob"].between(0, 1).all()
+
+
+# --------------------------------------------------------------------------- never worse
+
+
+def test_accept_step_and_the_initial_start_rule() -> None:
+    from stsnb.registration.rigid import accept_step, choose_start
+
+    start, end = sitk.Euler3DTransform(), sitk.TranslationTransform(3, (1.0, 0.0, 0.0))
+    assert accept_step(start, -0.50, end, -0.60, "rigid") == (end, "")
+    kept, why = accept_step(start, -0.50, end, -0.40, "rigid")
+    assert kept is start and why.startswith("rigid: metric -0.4000 not better")
+    assert accept_step(start, math.inf, end, -0.1, "rigid")[0] is end
+    ct = sitk.Image([20, 20, 10], sitk.sitkFloat32)
+
+    def scored(geometry_metric: float, shift_mm: float):
+        far = sitk.Euler3DTransform()
+        far.SetTranslation((shift_mm, 0.0, 0.0))
+        return [(-1.0, "scanner", sitk.Euler3DTransform(), ct),
+                (geometry_metric, "geometry", far, ct)]
+
+    config = TEST_CONFIG  # 10 mm, 5 %
+    (_, name, _, _), distance = choose_start(scored(-1.04, 15.0), True, ct, config)
+    assert name == "scanner" and distance == pytest.approx(15.0)  # far, gains only 4 %
+    assert choose_start(scored(-1.10, 15.0), True, ct, config)[0][1] == "geometry"  # 10 %
+    assert choose_start(scored(-1.04, 5.0), True, ct, config)[0][1] == "geometry"  # near
+    assert choose_start(scored(-1.04, 15.0), False, ct, config)[0][1] == "geometry"
+
+
+def test_a_rigid_optimum_worse_than_its_start_keeps_the_start(cohort: Path, monkeypatch) -> None:
+    """An optimiser made to end 15 mm off (and worse by the metric) is not kept."""
+    from stsnb.registration import rigid
+
+    honest = rigid._multi_start
+
+    def astray(fixed, moving, transform, levels, config, seed, mask=None):
+        transform, history, _, stop = honest(fixed, moving, transform, levels, config, seed,
+                                             mask)
+        off = sitk.Euler3DTransform(transform)
+        off.SetTranslation(tuple(np.add(off.GetTranslation(), (15.0, 0.0, 0.0))))
+        image = rigid._level_image(fixed, levels[-1])
+        return off, history, rigid._score(image, moving, off, config, seed, mask), stop
+
+    monkeypatch.setattr(rigid, "_multi_start", astray)
+    inputs = patient_inputs(cohort, "PH01", CohortConfig())
+    ct, mr = sitk.ReadImage(str(inputs.ct)), sitk.ReadImage(str(inputs.registered["t1w"]))
+    result = rigid.register_rigid(ct, mr, TEST_CONFIG, seed=0)
+    assert result.rejected.startswith("rigid: metric") and result.metric > result.start_metric
+    assert result.initialization == "scanner"
+    np.testing.assert_allclose(result.transform.GetParameters(), (0, 0, 0, 0, 0, 0))
+
+
+def test_a_folding_bspline_falls_back_to_rigid(cohort: Path, monkeypatch) -> None:
+    """A B-spline made to fold (large alternating coefficients) is rejected: the rigid result
+    is kept and qa.csv says why."""
+    from stsnb.registration import patient as patient_module
+
+    honest = patient_module.register_deformable
+
+    def folding(*args, **kwargs):
+        result = honest(*args, **kwargs)
+        n = result.bspline.GetNumberOfParameters()
+        result.bspline.SetParameters([150.0 * (-1) ** i for i in range(n)])
+        return result
+
+    monkeypatch.setattr(patient_module, "register_deformable", folding)
+    inputs = patient_inputs(cohort, "PH01", CohortConfig())
+    result = register_patient(inputs, TEST_CONFIG, seed=0)
+    assert not result.qa["deformable"] and result.deformable is None
+    assert "deformable:" in result.qa["rejected_steps"] and "folds" in result.qa["rejected_steps"]
+    assert "rigid kept" in result.qa["rejected_steps"]
+    point = [10.0, -5.0, 3.0]
+    np.testing.assert_allclose(result.transforms["t1w"].TransformPoint(point),
+                               result.rigid_transforms["t1w"].TransformPoint(point))
+    table = qa_table([result.qa])
+    assert not table.loc[0, "flagged"] or "rigid step" not in table.loc[0, "flag_reason"]
+    assert table.loc[0, "rigid_metric_end"] < table.loc[0, "rigid_metric_start"]

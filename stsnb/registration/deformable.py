@@ -53,6 +53,10 @@ class DeformableResult:
     metric: float
     stop_condition: str
     seconds: float
+    #: the metric of the start (the rigid transform, a zero B-spline) and of the end, both
+    #: evaluated as optimised: the last level's image, the same mask and the same sample points
+    start_metric: float = float("nan")
+    end_metric: float = float("nan")
 
 
 def deformable_region(fixed: sitk.Image, moving: sitk.Image, gtv: sitk.Image,
@@ -149,6 +153,15 @@ def register_deformable(fixed: sitk.Image, moving: sitk.Image, gtv: sitk.Image,
     method.SetSmoothingSigmasPerLevel(list(config.bspline_smoothing_sigmas_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetMovingInitialTransform(rigid)
+    fractions = _sampling_fractions(work, config.bspline_samples, config.bspline_shrink_factors,
+                                    kept)
+    last = (config.bspline_shrink_factors[-1], config.bspline_smoothing_sigmas_mm[-1])
+
+    def evaluate(transform: sitk.BSplineTransform) -> float:
+        return _metric_as_optimised(work, moving, rigid, transform, mask, last, fractions[-1],
+                                    config, seed)
+
+    start_metric = evaluate(sitk.BSplineTransform(bspline))  # zero coefficients
     method.SetInitialTransform(bspline, inPlace=True)
     recorder = MetricRecorder("deformable")
     recorder.attach(method)
@@ -167,7 +180,49 @@ def register_deformable(fixed: sitk.Image, moving: sitk.Image, gtv: sitk.Image,
         metric=float(method.GetMetricValue()),
         stop_condition=method.GetOptimizerStopConditionDescription(),
         seconds=time.perf_counter() - started,
+        start_metric=start_metric,
+        end_metric=evaluate(bspline),
     )
+
+
+def _metric_as_optimised(work: sitk.Image, moving: sitk.Image, rigid: sitk.Transform,
+                         bspline: sitk.BSplineTransform, mask: sitk.Image,
+                         level: tuple[int, float], fraction: float,
+                         config: RegistrationConfig, seed: int) -> float:
+    """Mattes MI (lower = better) of rigid after `bspline` on the last level's image, with the
+    deformable step's mask, sampling fraction and seed (the same points for any transform);
+    inf when it cannot be computed."""
+    shrink, sigma = level
+    image = sitk.SmoothingRecursiveGaussian(work, sigma) if sigma > 0 else work
+    image = sitk.Shrink(image, [shrink] * 3) if shrink > 1 else image
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.mi_histogram_bins)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(fraction, sampling_seed(seed))
+    method.SetMetricFixedMask(mask)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetMovingInitialTransform(rigid)
+    method.SetInitialTransform(bspline, inPlace=False)
+    try:
+        return float(method.MetricEvaluate(image, moving))
+    except RuntimeError:
+        return float("inf")
+
+
+def deformable_rejection(result: DeformableResult, summary: DeformationSummary,
+                         config: RegistrationConfig) -> str:
+    """Why the deformable result must not be kept (the rigid one is), or "": it does not
+    improve its metric over the rigid start, it folds, or it displaces a point too far."""
+    reasons = []
+    if np.isfinite(result.start_metric) and not result.end_metric < result.start_metric:
+        reasons.append(f"metric {result.end_metric:.4f} not better than at the rigid start "
+                       f"{result.start_metric:.4f}")
+    if summary.min_jacobian <= 0:
+        reasons.append(f"it folds (min Jacobian {summary.min_jacobian:.2f} <= 0)")
+    if summary.max_displacement_mm > config.bspline_max_displacement_mm:
+        reasons.append(f"it displaces a point {summary.max_displacement_mm:.0f} mm > "
+                       f"{config.bspline_max_displacement_mm:g} mm")
+    return f"deformable: {'; '.join(reasons)}, rigid kept" if reasons else ""
 
 
 def compose(*transforms: sitk.Transform) -> sitk.Transform:

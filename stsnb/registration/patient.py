@@ -19,6 +19,7 @@ from .deformable import (
     DeformationSummary,
     compose,
     deformable_region,
+    deformable_rejection,
     register_deformable,
     summarize_deformation,
 )
@@ -218,6 +219,10 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
     exact: list[sitk.Transform] = [rigid.transform]  # CT -> reference MR, as saved
     fast: list[sitk.Transform] = [rigid.transform]  # the same with the B-spline as a field
     deformable_error = ""
+    rejected = [rigid.rejected] if rigid.rejected else []
+    metrics = {"rigid_metric_start": rigid.start_metric, "rigid_metric_end": rigid.metric,
+               "deformable_metric_start": math.nan, "deformable_metric_end": math.nan}
+    histories = [rigid.history]
     if config.deformable:
         try:
             deformable = register_deformable(ct, mr[ref], gtv, rigid.transform, config, seed)
@@ -226,17 +231,25 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
     if deformable is not None:
         deformation = summarize_deformation(deformable.bspline, deformable.region,
                                             mr[ref], rigid.transform)
+        histories.append(deformable.history)
+        metrics.update(deformable_metric_start=deformable.start_metric,
+                       deformable_metric_end=deformable.end_metric)
+        reason = deformable_rejection(deformable, deformation, config)
+        if reason:  # the rigid result stands
+            rejected.append(reason)
+            deformable, deformation = None, None
+    if deformable is not None:
         exact.append(deformable.bspline)
         fast.append(deformation.field)
-    histories = [rigid.history] + ([deformable.history] if deformable else [])
     motion: dict[str, list[sitk.Transform]] = {m: [] for m in inputs.registered}
     if config.refine_sequences:
         for m in inputs.registered:
             if m != ref:
-                refined, history = _guard(inputs, inputs.registered[m], lambda m=m: (
+                refined, history, why = _guard(inputs, inputs.registered[m], lambda m=m: (
                     refine_sequence(mr[ref], mr[m], config, seed=seed, what=m)))
                 motion[m] = [refined]
                 histories.append(history)
+                rejected += [why] if why else []
     rigid_transforms = {m: compose(*motion[m], rigid.transform) for m in inputs.registered}
     transforms = {m: compose(*motion[m], *exact) for m in inputs.registered}
     resampling = {m: compose(*motion[m], *fast) for m in inputs.registered}
@@ -250,8 +263,13 @@ def register_patient(inputs: PatientInputs, config: RegistrationConfig,
     qa = _measure(inputs, ct, gtv, mr, rigid, deformable, deformation, rigid_transforms,
                   transforms, resampling, images, config, seed)
     checks = image_checks(inputs, ct, gtv, {**mr, **same_frame}, transforms, resampling)
+    starts = rigid.start_metrics or {}
     qa.update({
-        **_image_summary(checks),
+        **_image_summary(checks), **metrics,
+        "rejected_steps": "; ".join(rejected),
+        "start_metric_scanner": starts.get("scanner", math.nan),
+        "start_metric_geometry": starts.get("geometry", math.nan),
+        "start_distance_mm": rigid.start_distance_mm,
         "registration_note": "",
         "deformable_error": deformable_error,
         "seconds": round(time.perf_counter() - started, 2),

@@ -16,6 +16,14 @@ A patient is flagged when any of these holds (the reasons are listed in ``flag_r
   GTV (``dice_scanner``, ``dice_scanner_image``): it may not be in the CT's frame after all;
 - the GTV touches the edge of the CT volume (the tumour may be cut off);
 - the MR did not overlap the CT in scanner coordinates (the image centres were aligned instead);
+- the rigid step did not improve its metric on its start (the start was kept).
+
+A step that does not improve on its start by the metric it optimises (evaluated as optimised:
+same mask, same sample points) is not kept, nor a deformable result that folds or displaces a
+point beyond ``bspline_max_displacement_mm``: ``rejected_steps`` says which and why, with the
+metric at the start and the end of each step (``rigid_metric_*``, ``deformable_metric_*``) and
+the start metrics of the initial candidates (``start_metric_scanner``, ``start_metric_geometry``,
+``start_distance_mm`` between them).
 - the deformable step failed (the rigid result is kept);
 - an image that shares the CT's frame of reference but is registered anyway (cohort.toml's
   ``registered_in_ct_frame``) moved the GTV voxels by more than ``max_ct_frame_shift_mm`` (2 mm)
@@ -48,11 +56,14 @@ EXTRA_COLUMNS = ("flag_reason", "mi_before", "mi_rigid", "mi_deformable", "tre_m
                  "initialization", "scanner_overlap", "deformable",
                  "deformable_error", "mr_reference", "reference_contour", "seconds_rigid",
                  "seconds_deformable", "seconds_registration", "dice_scanner",
-                 "dice_scanner_image", "gtv_in_fov_min", "fov_image", "registration_note")
+                 "dice_scanner_image", "gtv_in_fov_min", "fov_image", "registration_note",
+                 "rejected_steps", "rigid_metric_start", "rigid_metric_end",
+                 "deformable_metric_start", "deformable_metric_end", "start_metric_scanner",
+                 "start_metric_geometry", "start_distance_mm")
 #: Text columns (empty, never NaN, when not filled).
 TEXT_COLUMNS = ("flag_reason", "reference_contour", "initialization", "deformable_error",
                 "ct_frame_image", "mr_reference", "dice_scanner_image", "fov_image",
-                "registration_note")
+                "registration_note", "rejected_steps")
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,9 @@ def flag_reasons(row: pd.Series, limits: QAThresholds) -> list[str]:
     if pd.notna(shift) and shift > limits.max_ct_frame_shift_mm:
         reasons.append(f"{row.get('ct_frame_image', '')} shares the CT's frame but was moved "
                        f"{shift:.1f} mm > {limits.max_ct_frame_shift_mm:g} mm")
+    steps = row.get("rejected_steps", "")
+    if isinstance(steps, str) and "rigid:" in steps:
+        reasons.append("the rigid step did not improve its metric (its start kept)")
     if not bool(row.get("scanner_overlap", True)):
         reasons.append("MR did not overlap the CT in scanner coordinates (centres aligned)")
     return reasons

@@ -5,8 +5,14 @@ resamples the MR onto the CT grid directly. Initialisation (``initialization``):
 
 - ``scanner``: the images' own physical positions (identity), rotations about the MR centre;
 - ``geometry``: the centres of the two fields of view aligned (SimpleITK GEOMETRY initialiser);
-- ``auto``: both candidates, the one with the better metric wins; ``scanner`` only competes when
-  the MR overlaps the CT in scanner coordinates.
+- ``auto``: both candidates; ``scanner`` only competes when the MR overlaps the CT in scanner
+  coordinates, and then it is kept unless a candidate more than ``initialization_far_mm`` away
+  improves the start metric by at least ``initialization_min_gain`` (relative): images that
+  overlap where the scanner put them are usually close to aligned already.
+
+A step is kept only when it improves on its start by the metric it optimises, evaluated as
+optimised (the last level's image, the same mask and the same fixed sample points for the start
+and the end); otherwise the start is kept and the result says why (``rejected``).
 
 The CT is cropped to the region the MR can reach (its FOV + 25 mm), both images are binned to
 about ``working_spacing_mm``, and the coarse-to-fine descent restarts rotated about, then
@@ -55,9 +61,44 @@ class RigidResult:
     history: pd.DataFrame  # step, level, iteration, metric (Mattes MI, negative = better)
     initialization: str  # scanner | geometry
     scanner_overlap: bool  # the MR overlapped the CT in scanner coordinates
-    metric: float  # final metric value
+    metric: float  # metric of the optimised transform (kept, or rejected for the start)
     stop_condition: str
     seconds: float
+    start_metric: float = float("nan")  # the metric of the start, evaluated as `metric`
+    rejected: str = ""  # why the optimised transform was not kept (the start was), or ""
+    start_metrics: dict[str, float] | None = None  # initial candidates' start metrics, by name
+    start_distance_mm: float = float("nan")  # scanner start to the best-metric start (mm)
+
+
+def accept_step(start: sitk.Transform, start_metric: float, end: sitk.Transform,
+                end_metric: float, what: str) -> tuple[sitk.Transform, str]:
+    """The end of a step when its metric (lower = better) improved on the start's, else the
+    start with the reason (a start whose metric cannot be computed never wins)."""
+    if not np.isfinite(start_metric) or end_metric < start_metric:
+        return end, ""
+    return start, (f"{what}: metric {end_metric:.4f} not better than at its start "
+                   f"{start_metric:.4f}, start kept")
+
+
+def choose_start(scored: list[tuple[float, str, sitk.Transform, sitk.Image]],
+                 scanner_overlap: bool, fixed: sitk.Image,
+                 config: RegistrationConfig) -> tuple[tuple, float]:
+    """The initial candidate to optimise from, and its distance (mm, at the CT centre) from
+    the scanner positions: the best by the start metric, except that overlapping scanner
+    positions are kept unless a candidate farther than `initialization_far_mm` improves the
+    metric by at least `initialization_min_gain` of its magnitude."""
+    best = min(scored, key=lambda s: s[0])
+    scanner = next((s for s in scored if s[1] == "scanner"), None)
+    if scanner is None or best is scanner:
+        return best, 0.0 if best is scanner else float("nan")
+    centre = centre_mm(fixed).tolist()
+    distance = float(np.linalg.norm(np.subtract(best[2].TransformPoint(centre),
+                                                scanner[2].TransformPoint(centre))))
+    gain = (scanner[0] - best[0]) / max(abs(scanner[0]), 1e-12)
+    if (scanner_overlap and distance > config.initialization_far_mm
+            and gain < config.initialization_min_gain):
+        return scanner, distance
+    return best, distance
 
 
 def as_float(image: sitk.Image) -> sitk.Image:
@@ -205,7 +246,9 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, config: RegistrationCo
             '"geometry" in the [registration] table of cohort.toml to align the centres of the '
             "two fields of view instead of their scanner positions.",
         )
-    _, name, transform, region = min(scored, key=lambda s: s[0])
+    (_, name, transform, region), distance = choose_start(scored, scanner_overlap, fixed,
+                                                           config)
+    start = sitk.Euler3DTransform(transform)  # the optimisers update `transform` in place
     region = working_image(region, config.working_spacing_mm)
     moving = working_image(moving, config.working_spacing_mm)
     levels = list(zip(config.rigid_shrink_factors, config.rigid_smoothing_sigmas_mm, strict=True))
@@ -217,14 +260,20 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, config: RegistrationCo
             f"the rigid registration of the {what} image failed: {str(exc).strip()[-300:]}",
             fix="check that the MR and the CT show the same anatomy.",
         ) from exc
+    start_metric = _score(_level_image(region, levels[-1]), moving, start, config, seed, mask)
+    kept, rejected = accept_step(start, start_metric, transform, metric, "rigid")
     return RigidResult(
-        transform=transform,
+        transform=kept,
         history=history,
         initialization=name,
         scanner_overlap=scanner_overlap,
         metric=metric,
         stop_condition=stop,
         seconds=time.perf_counter() - started,
+        start_metric=start_metric,
+        rejected=rejected,
+        start_metrics={s[1]: float(s[0]) for s in scored},
+        start_distance_mm=distance,
     )
 
 
@@ -319,11 +368,13 @@ def _multi_start(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Euler3DT
 
 
 def refine_sequence(reference: sitk.Image, sequence: sitk.Image, config: RegistrationConfig,
-                    seed: int = 0, what: str = "MR") -> tuple[sitk.Euler3DTransform, pd.DataFrame]:
+                    seed: int = 0, what: str = "MR"
+                    ) -> tuple[sitk.Transform, pd.DataFrame, str]:
     """Rigid MR-to-MR refinement within the session (inter-sequence motion).
 
-    Returns the transform mapping reference-MR points to `sequence` points (identity start)
-    and its metric history.
+    Returns the transform mapping reference-MR points to `sequence` points (identity start;
+    kept when the refinement does not improve its metric), its metric history and why the
+    refinement was rejected ("" when kept).
     """
     reference = working_image(reference, config.working_spacing_mm)
     sequence = working_image(sequence, config.working_spacing_mm)
@@ -342,4 +393,9 @@ def refine_sequence(reference: sitk.Image, sequence: sitk.Image, config: Registr
             fix="check that the sequences of the session overlap; or set refine_sequences = "
             "false in the [registration] table of cohort.toml.",
         ) from exc
-    return transform, recorder.table()
+    identity = sitk.Euler3DTransform()
+    identity.SetCenter(centre_mm(reference).tolist())
+    kept, rejected = accept_step(
+        identity, _score(reference, sequence, identity, config, seed),
+        transform, _score(reference, sequence, transform, config, seed), f"refine {what}")
+    return kept, recorder.table(), rejected
