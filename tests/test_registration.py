@@ -621,9 +621,10 @@ def test_nothing_to_register_figures_show_the_image_in_the_ct_frame(same_frame_r
     assert not views.registered and views.reference == "t1w" and views.mr_rigid is None
     assert views.gtv_from_mr is not None and views.gtv_from_mr.any()
     overlay = plots.overlays(views)
-    assert len(overlay.axes) == 3 and "not registered" in overlay.axes[0].get_title()
+    assert len(overlay.axes) == 3 and "not registered" in overlay._suptitle.get_text()
     figure = plots.contours(views)
-    assert "Dice" in figure._suptitle.get_text()
+    shown = same_frame_run.images.set_index(["patient_id", "image"]).loc[("SF01", "t1w")]
+    assert f"Dice {shown['dice_scanner']:.3f}" in figure._suptitle.get_text()
     volumes = registered_volumes(same_frame_run.cohort_dir, same_frame_run.work_dir, "SF01")
     assert volumes["moving"].GetSize() == volumes["fixed"].GetSize()
 

@@ -102,7 +102,7 @@ def overlays(views: PatientViews, square_mm: float = CHECKER_MM) -> Figure:
     rows = [("before", normalise(views.mr_before, window)),
             ("after", normalise(views.mr_after, window))]
     if not views.registered:  # nothing registered: one row, the image at scanner positions
-        rows = [("scanner positions (not registered)", normalise(views.mr_after, window))]
+        rows = [("as placed", normalise(views.mr_after, window))]
     extent = _extent(views, views.ct.shape)
     fig, axes = plt.subplots(len(rows), 3, figsize=(13, 4.3 * len(rows)), layout="constrained",
                              squeeze=False)
@@ -117,7 +117,8 @@ def overlays(views: PatientViews, square_mm: float = CHECKER_MM) -> Figure:
         for ax, (image, cmap, title) in zip(row, panels, strict=True):
             ax.imshow(image, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation="nearest")
             _axes_mm(ax, f"{label}: {title}")
-    fig.suptitle(f"{views.patient_id}: CT vs {name}, axial slice z = {views.z_mm:.0f} mm")
+    placed = "" if views.registered else " (not registered: in the CT's frame)"
+    fig.suptitle(f"{views.patient_id}: CT vs {name}{placed}, axial slice z = {views.z_mm:.0f} mm")
     return fig
 
 
@@ -155,7 +156,7 @@ def contours(views: PatientViews) -> Figure:
     if views.gtv_from_mr_rigid is None:
         fig.text(0.5, 0.01, "no MR-frame reference contour for this patient", ha="center")
     dice = views.qa.get("dice_deformable") if views.qa.get("deformable") else views.qa.get(
-        "dice_rigid" if views.registered else "dice_scanner")
+        "dice_rigid" if views.registered else "dice_shown")
     dice_text = f", Dice {dice:.3f}" if dice is not None and np.isfinite(dice) else ""
     fig.suptitle(f"{views.patient_id}: GTV from both frames, z = {views.z_mm:.0f} mm{dice_text}")
     return fig

@@ -83,6 +83,9 @@ def load_views(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
         contour = folder / "gtv_from_mr.nii.gz"
     else:  # the image's own contour placed by geometry, shown as the "rigid" one
         rigid_contour = contour = folder / f"gtv_from_{ref}.nii.gz"
+        checks = pd.read_csv(folder / "qa_images.csv").set_index("image")
+        qa = {**qa, "dice_shown": float(checks.loc[ref, "dice_scanner"])
+              if ref in checks.index else float("nan")}
     jacobian = None
     if (folder / "jacobian.nii.gz").exists():
         jac = sitk.Resample(sitk.ReadImage(str(folder / "jacobian.nii.gz")), plane,
