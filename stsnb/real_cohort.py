@@ -27,7 +27,15 @@ from .cohort_config import COHORT_TOML, read_cohort_config
 from .config import Profile
 from .dicom import ImportResult, import_dicom_cohort
 from .errors import StsnbError
-from .registration.measures import displacements_mm, mask_points_mm
+from .registration.measures import (
+    CORTEX_MIN_HU,
+    CORTEX_TIE,
+    MIN_CORTEX_VOXELS,
+    SOFT_TISSUE_HU,
+    cortex_ratio,
+    displacements_mm,
+    mask_points_mm,
+)
 from .registration.qa import read_qa
 from .registration.rigid import register_rigid
 from .registration.settings import registration_settings
@@ -61,17 +69,8 @@ GRID_TOLERANCE_MM = 0.1
 #: An MR already in the CT's frame, registered anyway, must move the tumour less than this (mm).
 IDENTITY_MAX_MM = 2.0
 
-#: CT voxels at least this dense (HU) count as cortical bone (or calcification), a signal void
-#: (dark) on T1w and T2w MR.
-CORTEX_MIN_HU = 500.0
-#: CT soft tissue (HU) over which the MR's reference intensity (median) is taken.
-SOFT_TISSUE_HU = (-200.0, 200.0)
 #: The MR's edge (mm) left out of the cortex check: the crops' borders are darkened by resampling.
 MR_EDGE_MM = 5.0
-#: Fewest cortex voxels, inside the MR field of view under both placements, for a verdict.
-MIN_CORTEX_VOXELS = 200
-#: Ratios closer than this (relative) are a tie: the placements are alike around the bone.
-CORTEX_TIE = 0.02
 
 #: The rigid metric regions compared by focus_sensitivity (rigid_focus_mm, mm; 0 = whole overlap).
 FOCUS_VARIANTS_MM = (0.0, 20.0, 40.0)
@@ -263,10 +262,7 @@ def placements(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
 def cortex_ratios(placed: Placements) -> dict[str, float]:
     """Per placement (identity, final): the MR's mean over the CT's cortex / its median over the
     CT's soft tissue (NaN without cortex or soft tissue in the common field of view)."""
-    cortex, tissue = placed.cortex, placed.tissue
-    if not np.count_nonzero(cortex) or not np.count_nonzero(tissue):
-        return {label: float("nan") for label in placed.mr}
-    return {label: float(values[cortex].mean() / np.median(values[tissue]))
+    return {label: cortex_ratio(placed.hu, values, placed.common)[0]
             for label, values in placed.mr.items()}
 
 

@@ -570,10 +570,11 @@ def write_same_frame_cohort(root: Path, patients: dict[str, dict]) -> Path:
 @pytest.fixture(scope="module")
 def same_frame_run(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("same") / "cohort"
-    cohort = write_same_frame_cohort(root, {"SF01": {}, "SF02": {"mr_offset_mm": (0, 0, 300)}})
+    cohort = write_same_frame_cohort(root, {"SF01": {}, "SF02": {"mr_offset_mm": (0, 0, 300)},
+                                            "SF03": {"mr_offset_mm": (6, 0, 0)}})
     work = tmp_path_factory.mktemp("same") / "work"
-    return run_registration(cohort, work, TEST_PROFILE, seed=0, patients=["SF01", "SF02"],
-                            progress=False)
+    return run_registration(cohort, work, TEST_PROFILE, seed=0,
+                            patients=["SF01", "SF02", "SF03"], progress=False)
 
 
 def test_nothing_to_register_resamples_by_geometry_and_checks_each_image(same_frame_run):
@@ -599,9 +600,13 @@ def test_nothing_to_register_resamples_by_geometry_and_checks_each_image(same_fr
     assert np.abs(sitk.GetArrayFromImage(saved).astype(float)
                   - sitk.GetArrayFromImage(by_geometry)).max() <= 1.0  # rounding only
     table = pd.read_csv(run.work_dir / "registration" / "qa_images.csv")
-    assert len(table) == 8 and set(table["patient_id"]) == {"SF01", "SF02"}
+    assert len(table) == 12 and set(table["patient_id"]) == {"SF01", "SF02", "SF03"}
     decided = decide_patients(run.work_dir, exclude_flagged=True)
-    assert decided.set_index("patient_id")["kept"].to_dict() == {"SF01": True, "SF02": False}
+    assert decided.set_index("patient_id")["kept"].to_dict() == {"SF01": True, "SF02": False,
+                                                                 "SF03": False}
+    mr = images.loc[["t1w", "t2w", "ce_t1w"]]  # the bone check: right where it is
+    assert mr["bone_prefers_scanner"].astype(bool).all() and mr["bone_ratio_scanner"].lt(1).all()
+    assert np.isnan(images.loc["dose", "bone_ratio_scanner"])  # applies to MR only
 
 
 def test_an_image_declared_in_the_ct_frame_that_misses_the_gtv_is_flagged(same_frame_run):
@@ -612,6 +617,16 @@ def test_an_image_declared_in_the_ct_frame_that_misses_the_gtv_is_flagged(same_f
     images = same_frame_run.images.set_index(["patient_id", "image"])
     assert images.loc[("SF02", "t2w"), "gtv_in_fov"] == 0.0
     assert images.loc[("SF02", "dose"), "gtv_in_fov"] > 0.99  # the dose still covers it
+
+
+def test_the_bone_check_sees_an_image_6_mm_off_the_ct_frame(same_frame_run):
+    """Declared in the CT's frame but 6 mm off: its bone lies better on the CT's when moved."""
+    row = same_frame_run.qa.set_index("patient_id").loc["SF03"]
+    assert row["flagged"] and "bone check" in row["flag_reason"], row["flag_reason"]
+    assert "t1w" in row["bone_off_images"]
+    images = same_frame_run.images.set_index(["patient_id", "image"])
+    t1w = images.loc[("SF03", "t1w")]
+    assert t1w["bone_ratio_best_shift"] < t1w["bone_ratio_scanner"]
 
 
 def test_nothing_to_register_figures_show_the_image_in_the_ct_frame(same_frame_run):

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from ..config import RegistrationConfig
 from ..imageio import read_image
+from ..modalities import MR_MODALITIES
 from .deformable import (
     DeformableResult,
     DeformationSummary,
@@ -27,6 +28,7 @@ from .errors import RegistrationError
 from .geometry import coverage_on_grid, crop, mask_box, touches_edge
 from .inputs import PatientInputs
 from .measures import (
+    bone_check,
     dice,
     landmark_errors,
     mutual_information,
@@ -68,7 +70,8 @@ class PatientRegistration:
 
 #: Columns of the per-image QA table (``registration/qa_images.csv``).
 IMAGE_QA_COLUMNS = ("patient_id", "image", "registered", "dice_scanner", "dice_registered",
-                    "shift_mm", "gtv_in_fov", "note")
+                    "shift_mm", "gtv_in_fov", "bone_ratio_scanner", "bone_ratio_best_shift",
+                    "bone_prefers_scanner", "bone_cortex_voxels", "note")
 #: Why the registration columns of a patient's QA row are empty when nothing was registered.
 NOTHING_REGISTERED = ("not registered: every image shares the CT's frame of reference "
                       "(same_frame_as_ct), resampled onto the CT grid by geometry alone")
@@ -127,7 +130,10 @@ def image_checks(inputs: PatientInputs, ct: sitk.Image, gtv: sitk.Image,
     the reference MR) on the CT grid by geometry alone, against the CT's GTV;
     ``dice_registered``: the same through the final transform (registered images only);
     ``shift_mm``: mean distance the final transform moves the GTV voxels (0 when not
-    registered); ``gtv_in_fov``: fraction of the GTV voxels inside the image's field of view.
+    registered); ``gtv_in_fov``: fraction of the GTV voxels inside the image's field of view;
+    ``bone_*``: for an MR image not registered, whether its bone (a signal void) lies on the
+    CT's at the scanner position rather than a few mm off (`measures.bone_check`; empty for
+    other images and where the crop holds too little bone).
     """
     rows = []
     for m in [*inputs.registered, *inputs.same_frame]:
@@ -137,6 +143,8 @@ def image_checks(inputs: PatientInputs, ct: sitk.Image, gtv: sitk.Image,
             contour_path = inputs.contour
         contour = _read(inputs, contour_path, f"{m} contour") if contour_path else None
         identity = sitk.Transform()
+        bone = (bone_check(ct, images[m], gtv) if not registered and m in MR_MODALITIES
+                else {})
         rows.append({
             "patient_id": inputs.patient_id, "image": m, "registered": registered,
             "dice_scanner": dice(propagate_contour(contour, ct, identity), gtv)
@@ -146,6 +154,10 @@ def image_checks(inputs: PatientInputs, ct: sitk.Image, gtv: sitk.Image,
             "shift_mm": tumour_shift_mm(transforms[m], gtv) if registered else 0.0,
             "gtv_in_fov": _gtv_coverage(images[m], gtv, resampling[m] if registered
                                         else identity),
+            "bone_ratio_scanner": bone.get("bone_ratio_scanner", math.nan),
+            "bone_ratio_best_shift": bone.get("bone_ratio_best_shift", math.nan),
+            "bone_prefers_scanner": bone.get("bone_prefers_scanner", math.nan),
+            "bone_cortex_voxels": bone.get("cortex_voxels", math.nan),
             "note": "registered" if registered else
             "shares the CT's frame (same_frame_as_ct): resampled by geometry alone",
         })
@@ -165,6 +177,8 @@ def _image_summary(checks: pd.DataFrame) -> dict[str, Any]:
         worst = known.loc[known[column].idxmin()] if len(known) else None
         summary[value] = float(worst[column]) if worst is not None else math.nan
         summary[image] = str(worst["image"]) if worst is not None else ""
+    off = checks[checks["bone_prefers_scanner"].astype(object).eq(False)]
+    summary["bone_off_images"] = ", ".join(off["image"])
     return summary
 
 

@@ -14,6 +14,9 @@ A patient is flagged when any of these holds (the reasons are listed in ``flag_r
 - an image in the CT's frame (``same_frame_as_ct``, not registered) whose own contour
   (``gtv_<image>.nii.gz``), placed by geometry alone, has a Dice < ``min_dice`` against the CT's
   GTV (``dice_scanner``, ``dice_scanner_image``): it may not be in the CT's frame after all;
+- such an MR image whose bone (a signal void on T1w/T2w) lies better on the CT's cortex when
+  moved a few mm than at its scanner position (``bone_off_images``; the bone check of
+  ``measures.bone_check``, where the crop around the GTV holds enough bone);
 - the GTV touches the edge of the CT volume (the tumour may be cut off);
 - the MR did not overlap the CT in scanner coordinates (the image centres were aligned instead);
 - the rigid step did not improve its metric on its start (the start was kept).
@@ -59,11 +62,11 @@ EXTRA_COLUMNS = ("flag_reason", "mi_before", "mi_rigid", "mi_deformable", "tre_m
                  "dice_scanner_image", "gtv_in_fov_min", "fov_image", "registration_note",
                  "rejected_steps", "rigid_metric_start", "rigid_metric_end",
                  "deformable_metric_start", "deformable_metric_end", "start_metric_scanner",
-                 "start_metric_geometry", "start_distance_mm")
+                 "start_metric_geometry", "start_distance_mm", "bone_off_images")
 #: Text columns (empty, never NaN, when not filled).
 TEXT_COLUMNS = ("flag_reason", "reference_contour", "initialization", "deformable_error",
                 "ct_frame_image", "mr_reference", "dice_scanner_image", "fov_image",
-                "registration_note", "rejected_steps")
+                "registration_note", "rejected_steps", "bone_off_images")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,10 @@ def flag_reasons(row: pd.Series, limits: QAThresholds) -> list[str]:
     if pd.notna(shift) and shift > limits.max_ct_frame_shift_mm:
         reasons.append(f"{row.get('ct_frame_image', '')} shares the CT's frame but was moved "
                        f"{shift:.1f} mm > {limits.max_ct_frame_shift_mm:g} mm")
+    off = row.get("bone_off_images", "")
+    if isinstance(off, str) and off:
+        reasons.append(f"bone check: the bone of {off} lies better a few mm off the scanner "
+                       "position (declared in the CT's frame)")
     steps = row.get("rejected_steps", "")
     if isinstance(steps, str) and "rigid:" in steps:
         reasons.append("the rigid step did not improve its metric (its start kept)")
