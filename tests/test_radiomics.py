@@ -183,8 +183,8 @@ def test_worker_imports_nothing_from_stsnb():
                 if isinstance(node, ast.ImportFrom) and node.module}
     assert "stsnb" not in modules
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
-    assert modules - {"__future__", "csv", "json", "logging", "math", "os", "sys", "time",
-                      "traceback", "warnings", "pathlib", "typing"} == {"mirp"}
+    assert modules - {"__future__", "csv", "importlib", "json", "logging", "math", "os", "sys",
+                      "time", "traceback", "warnings", "pathlib", "typing"} == {"mirp"}
 
 
 def test_make_env_creates_the_radiomics_environment_with_every_package_pinned():
@@ -365,3 +365,41 @@ def test_worker_failure_shows_its_stderr_and_the_patient(computed, tmp_path):
         radiomics_stage.run_worker(request, scratch, lambda *a: None)
     message = str(e.value)
     assert "MIRP failed" in message and "image ct" in message and "ct.nii.gz" in message
+
+
+def test_quick_and_smoke_leave_out_spatial_autocorrelation_and_paper_keeps_it():
+    from stsnb.config import PAPER, QUICK, SMOKE
+    from stsnb.radiomics.settings import SPATIAL_AUTOCORRELATION, left_out_features
+
+    assert SPATIAL_AUTOCORRELATION == ("morph_moran_i", "morph_geary_c")
+    assert left_out_features(PAPER.radiomics) == ()
+    assert left_out_features(QUICK.radiomics) == left_out_features(SMOKE.radiomics) == (
+        SPATIAL_AUTOCORRELATION)
+
+
+@needs_env
+def test_left_out_features_are_absent_and_every_other_feature_is_unchanged(computed, tmp_path):
+    cohort, work = _copy(computed, tmp_path)
+    quick = computed["run"].features.set_index("patient_id")
+    assert computed["run"].left_out == ("morph_moran_i", "morph_geary_c")
+    assert not {"ct__morph_moran_i", "ct__morph_geary_c"} & set(quick.columns)
+    record = json.loads((work / "radiomics" / "CUBE" / "record.json").read_text())
+    assert record["key"]["leave_out"] == ["morph_geary_c", "morph_moran_i"]
+    full = run_radiomics(cohort, work, "paper", patients=["CUBE"], progress=False)
+    assert full.computed == ("CUBE",) and full.left_out == ()  # the key differs: recomputed
+    row = full.features.set_index("patient_id").loc["CUBE"]
+    assert set(row.index) - set(quick.columns) == {"ct__morph_moran_i", "ct__morph_geary_c"}
+    assert np.isfinite(row[["ct__morph_moran_i", "ct__morph_geary_c"]]).all()
+    pd.testing.assert_series_equal(row[quick.columns], quick.loc["CUBE"], check_exact=True)
+
+
+@needs_env
+def test_worker_refuses_to_leave_out_an_unknown_feature(computed, tmp_path):
+    request = radiomics_stage.worker_request(
+        [radiomics_inputs(computed["cohort"], computed["work"], "CUBE", ("ct",))],
+        leave_out=("morph_not_a_feature",))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(RadiomicsError, match=r"cannot leave out morph_not_a_feature: not a "
+                                             r"morphology feature of MIRP 2\.7\.0"):
+        radiomics_stage.run_worker(request, scratch, lambda *a: None)

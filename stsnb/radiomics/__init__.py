@@ -10,7 +10,14 @@ radiomics Python is, the library versions), ``stage`` (all patients, saved and r
 from .environment import library_versions, radiomics_python
 from .errors import RadiomicsError
 from .inputs import MAX_OUTSIDE_FRACTION, RadiomicsInputs, check_inputs, radiomics_inputs
-from .settings import COMMON_SETTINGS, RADIOMICS_SETTINGS, ImageSettings, settings_table
+from .settings import (
+    COMMON_SETTINGS,
+    RADIOMICS_SETTINGS,
+    SPATIAL_AUTOCORRELATION,
+    ImageSettings,
+    left_out_features,
+    settings_table,
+)
 from .stage import RadiomicsRun, read_features, run_radiomics
 
 __all__ = [
@@ -21,7 +28,9 @@ __all__ = [
     "RadiomicsError",
     "RadiomicsInputs",
     "RadiomicsRun",
+    "SPATIAL_AUTOCORRELATION",
     "check_inputs",
+    "left_out_features",
     "library_versions",
     "radiomics_inputs",
     "radiomics_python",

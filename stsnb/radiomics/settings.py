@@ -14,11 +14,15 @@ from typing import Any
 
 import pandas as pd
 
+from ..config import RadiomicsConfig
 from ..modalities import DISPLAY_NAMES
 
 #: MIRP's feature families (its tags): shape, first-order statistics, GLCM, GLRLM, GLSZM.
 SHAPE = "morphology"
 INTENSITY_AND_TEXTURE = ("statistics", "glcm", "glrlm", "glszm")
+#: Moran's I and Geary's C (MIRP's names): the shape family's two spatial-autocorrelation
+#: features, left out where the profile's ``radiomics.spatial_autocorrelation`` is False.
+SPATIAL_AUTOCORRELATION = ("morph_moran_i", "morph_geary_c")
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,11 @@ def mirp_arguments(image: str) -> dict[str, Any]:
     else:
         args["base_discretisation_n_bins"] = int(row.n_bins)
     return args
+
+
+def left_out_features(config: RadiomicsConfig) -> tuple[str, ...]:
+    """MIRP's names of the features the profile does not compute (none in the paper profile)."""
+    return () if config.spatial_autocorrelation else SPATIAL_AUTOCORRELATION
 
 
 def settings_table(images: tuple[str, ...] | list[str] | None = None) -> pd.DataFrame:

@@ -46,7 +46,7 @@ from ..store import (
 from .environment import WORKER, library_versions, radiomics_python
 from .errors import RadiomicsError
 from .inputs import RadiomicsInputs, check_inputs, radiomics_inputs
-from .settings import image_settings, mirp_arguments, settings_table
+from .settings import image_settings, left_out_features, mirp_arguments, settings_table
 from .worker import COLUMNS, DONE, START
 
 STAGE = "radiomics"
@@ -71,6 +71,7 @@ class RadiomicsRun:
     reused: tuple[str, ...]  # patients whose saved features were reused
     computed: tuple[str, ...]
     seconds: dict[str, float]  # worker seconds per computed patient
+    left_out: tuple[str, ...]  # MIRP's names of the features not computed (profile's choice)
     work_dir: Path
     cohort_dir: Path
 
@@ -100,9 +101,11 @@ def radiomics_images(cohort_dir: str | Path) -> tuple[str, ...]:
     return images
 
 
-def patient_key(inputs: RadiomicsInputs, library: dict[str, str]) -> dict[str, Any]:
-    """What makes one patient's features: input file hashes, settings, library versions."""
-    return {
+def patient_key(inputs: RadiomicsInputs, library: dict[str, str],
+                leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What makes one patient's features: input file hashes, settings, the features left out
+    (MIRP's names), library versions."""
+    key = {
         "stage": STAGE,
         "version": RADIOMICS_VERSION,
         "patient_id": inputs.patient_id,
@@ -110,6 +113,9 @@ def patient_key(inputs: RadiomicsInputs, library: dict[str, str]) -> dict[str, A
         "settings": {image: mirp_arguments(image) for image in inputs.images},
         "library": dict(sorted(library.items())),
     }
+    if leave_out:  # absent when nothing is left out: the keys saved before the option hold
+        key["leave_out"] = sorted(leave_out)
+    return key
 
 
 def read_patient_features(path: str | Path) -> pd.DataFrame:
@@ -145,9 +151,11 @@ def _save_patient(folder: Path, features: pd.DataFrame, key: dict[str, Any],
     })
 
 
-def worker_request(inputs: list[RadiomicsInputs]) -> dict[str, Any]:
-    """The worker's request: per patient and image, the files and the MIRP settings."""
-    return {"patients": [{
+def worker_request(inputs: list[RadiomicsInputs],
+                   leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The worker's request: per patient and image, the files and the MIRP settings; the
+    features not to compute (MIRP's names)."""
+    return {"leave_out": sorted(leave_out), "patients": [{
         "patient_id": item.patient_id,
         "images": [{"image": image, "image_path": str(path.resolve()),
                     "mask_path": str(item.mask.resolve()), "settings": mirp_arguments(image)}
@@ -244,7 +252,8 @@ def run_radiomics(
     """Compute (or reuse) the GTV's features in every declared image for the final patients
     (``registration/patients.csv``, or `patients`) and write ``radiomics/features.csv``.
 
-    The features do not depend on `profile` or `seed` (they are recorded in the manifest). Bad
+    Of `profile` only ``radiomics.spatial_autocorrelation`` changes the features (quick and smoke
+    leave out Moran's I and Geary's C, see RadiomicsConfig); `seed` does not. Bad
     input raises RadiomicsError naming the patient, the image and the file; it is checked for
     every patient to compute before the worker starts.
     """
@@ -256,7 +265,8 @@ def run_radiomics(
     python = radiomics_python()
     library = library_versions(python)
     inputs = {pid: radiomics_inputs(cohort_dir, work_dir, pid, images) for pid in ids}
-    keys = {pid: patient_key(inputs[pid], library) for pid in ids}
+    leave_out = left_out_features(profile.radiomics)
+    keys = {pid: patient_key(inputs[pid], library, leave_out) for pid in ids}
     stage = Stage(work_dir, STAGE, {"stage": STAGE, "version": RADIOMICS_VERSION,
                                     "patients": {p: hash_config(k) for p, k in keys.items()}})
     stage.start()
@@ -284,7 +294,8 @@ def run_radiomics(
             radiomics_dir(work_dir).mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(prefix=".worker-", dir=radiomics_dir(work_dir)))
             try:
-                run_worker(worker_request([inputs[p] for p in todo]), scratch, on_done, python)
+                run_worker(worker_request([inputs[p] for p in todo], leave_out), scratch, on_done,
+                           python)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     finally:
@@ -301,4 +312,4 @@ def run_radiomics(
     return RadiomicsRun(
         features=read_features(work_dir), settings=settings_table(images), images=images,
         library=library, reused=tuple(p for p in ids if p not in todo), computed=tuple(todo),
-        seconds=seconds, work_dir=work_dir, cohort_dir=cohort_dir)
+        seconds=seconds, left_out=leave_out, work_dir=work_dir, cohort_dir=cohort_dir)

@@ -12,6 +12,8 @@ runs), so it runs in its own environment::
          "settings": {<MIRP extract_features keyword arguments>}}, ...]}, ...]}
 
 A ``null`` upper bound of ``resegmentation_intensity_range`` is an open bound (NaN for MIRP).
+An optional top-level ``"leave_out": ["morph_moran_i", ...]`` names morphology features not to
+compute at all (see `leave_out_features`).
 For each patient in order it writes ``out_dir/<patient_id>.csv`` (columns patient_id, image,
 feature, value: one row per feature of each image, MIRP's feature names) atomically, and prints
 to stdout a line ``stsnb-radiomics-start {"patient_id": ...}`` before and a line
@@ -37,6 +39,9 @@ DONE = "stsnb-radiomics-done "
 COLUMNS = ("patient_id", "image", "feature", "value")
 #: MIRP's columns that describe the input, not a feature.
 _METADATA_PREFIXES = ("sample_name", "image_")
+#: The MIRP version whose internals `leave_out_features` wraps (radiomics-requirements.txt pins
+#: it); another version stops the worker instead of computing a different feature set.
+LEAVE_OUT_MIRP_VERSION = "2.7.0"
 
 
 class WorkerError(Exception):
@@ -51,6 +56,42 @@ def mirp_arguments(settings: dict[str, Any]) -> dict[str, Any]:
         args["resegmentation_intensity_range"] = [math.nan if b is None else float(b)
                                                   for b in bounds]
     return args
+
+
+def leave_out_features(names: list[str]) -> None:
+    """Make MIRP skip the morphology features `names` (its abbreviations, e.g. morph_moran_i).
+
+    MIRP has no option to skip a single feature (its ``no_approximation`` only replaces the
+    Monte Carlo estimate of Moran's I and Geary's C by the exact, slower sum), so this wraps
+    ``mirp._features.morph_3d_features.get_morphology_3d_class_dict``, the table from which
+    ``generate_morph_3d_features`` makes the family's features, to return it without `names`.
+    The other features are computed as before (each from its own cached data). MIRP 2.7.0 only:
+    WorkerError for another version or a name not in the table.
+    """
+    if not names:
+        return
+    import importlib.metadata
+
+    version = importlib.metadata.version("mirp")
+    if version != LEAVE_OUT_MIRP_VERSION:
+        raise WorkerError(f"leaving out {', '.join(names)} wraps MIRP {LEAVE_OUT_MIRP_VERSION}'s "
+                          f"morphology table, but MIRP {version} is installed: check that "
+                          "mirp._features.morph_3d_features.get_morphology_3d_class_dict still "
+                          "builds the family, then update LEAVE_OUT_MIRP_VERSION.")
+    from mirp._features import morph_3d_features
+
+    full_table = morph_3d_features.get_morphology_3d_class_dict
+    unknown = sorted(set(names) - set(full_table()))
+    if unknown:
+        raise WorkerError(f"cannot leave out {', '.join(unknown)}: not a morphology feature of "
+                          f"MIRP {version} (known: {', '.join(sorted(full_table()))}).")
+    left_out = frozenset(names)
+
+    def table_without() -> dict[str, Any]:
+        return {name: feature for name, feature in full_table().items()
+                if name not in left_out}
+
+    morph_3d_features.get_morphology_3d_class_dict = table_without
 
 
 def feature_rows(table: Any, patient_id: str, image: str) -> list[tuple[str, str, str, float]]:
@@ -112,6 +153,7 @@ def run(request_path: Path, out_dir: Path) -> None:
 
     logging.disable(logging.INFO)  # MIRP logs every step at INFO level
     request = json.loads(Path(request_path).read_text(encoding="utf-8"))
+    leave_out_features(list(request.get("leave_out", [])))
     out_dir.mkdir(parents=True, exist_ok=True)
     for patient in request["patients"]:
         patient_id = str(patient["patient_id"])
