@@ -98,7 +98,7 @@ class RadiomicsConfig:
     inner_folds: int = 3  # models: stratified inner CV over the training patients (k and C)
     select_k: tuple[int, ...] = (5, 10, 20)  # features kept by SelectKBest(f_classif), choices
     lr_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # L2 logistic regression, C choices
-    forest_trees: int = 200  # random forest: trees (sqrt of the features tried per split)
+    forest_trees: int = 300  # random forest: trees (sqrt of the features tried per split)
     forest_min_leaf: tuple[int, ...] = (1, 3)  # random forest: min patients per leaf, choices
     lr_permutations: int = 1000  # permutation test of the whole nested CV, lr models
 
@@ -144,7 +144,9 @@ QUICK = Profile(
     preprocessing=PreprocessingConfig(max_slices_per_patient=6),
     training=TrainingConfig(folds=5, max_epochs=20, patience=6, control_combos="extremes",
                             linear_permutations=200, fc_permutations=0),
-    radiomics=RadiomicsConfig(spatial_autocorrelation=False, lr_permutations=200),
+    # 100 trees: 8 s per feature set for the nested CV of 61 patients (300: 23 s)
+    radiomics=RadiomicsConfig(spatial_autocorrelation=False, forest_trees=100,
+                              lr_permutations=200),
 )
 
 SMOKE = Profile(
@@ -160,7 +162,7 @@ SMOKE = Profile(
     preprocessing=PreprocessingConfig(canvas_px=128, input_px=64, max_slices_per_patient=4),
     training=TrainingConfig(folds=2, max_epochs=2, patience=1, batch_size=16, control_combos=(1,),
                             linear_permutations=20, fc_permutations=0),
-    radiomics=RadiomicsConfig(spatial_autocorrelation=False, forest_trees=50,
+    radiomics=RadiomicsConfig(spatial_autocorrelation=False, forest_trees=20,
                               lr_permutations=20),
     synthetic_patients=8,
 )
