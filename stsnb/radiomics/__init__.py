@@ -4,7 +4,10 @@ Computed by MIRP, the IBSI reference implementation, in its own environment
 (``.venv-radiomics``, made by ``make env``): ``worker`` runs there by subprocess and imports
 nothing from stsnb. Modules: ``settings`` (the discretisation of each image and why),
 ``inputs`` (the files of a patient and the checks before computing), ``environment`` (where the
-radiomics Python is, the library versions), ``stage`` (all patients, saved and reused).
+radiomics Python is, the library versions), ``stage`` (all patients, saved and reused). Imported
+on their own: ``models`` (logistic regression and random forest per feature set on chapter 04's
+patient folds, ``runs/<split>/radiomics-<set>-<model>/``) and ``permutation`` (the permutation
+test of the lr models, rows shaped like significance.csv).
 """
 
 from .environment import library_versions, radiomics_python

@@ -137,9 +137,11 @@ def feature_sets(features: pd.DataFrame) -> dict[str, list[str]]:
             raise StsnbError(f"The radiomics column {column!r} is not <image>{SEPARATOR}<feature>."
                              " Fix: rerun the radiomics stage.")
         sets.setdefault(image, []).append(column)
-    if ALL in sets or not sets:
-        raise StsnbError(f"The radiomics table has {'no features' if not sets else 'an image '}"
-                         f"{'' if not sets else repr(ALL)}. Fix: rerun the radiomics stage.")
+    if not sets:
+        raise StsnbError("The radiomics table has no features. Fix: rerun the radiomics stage.")
+    if ALL in sets:
+        raise StsnbError(f"The radiomics table has an image named {ALL!r}, the name of the set "
+                         "of every feature. Fix: rename that image in cohort.toml.")
     sets[ALL] = columns
     return sets
 

@@ -33,8 +33,15 @@ from ..config import Profile, RadiomicsConfig, resolve_profile
 from ..errors import ConfigError
 from ..linear import fit_predict_batch, patient_folds, roc_auc
 from ..significance import PermutationResult, permuted_labels
-from .models import FALLBACK_C, feature_matrix, feature_sets, fold_plan, head_name, inner_splitter
-from .models import k_choices as _k_choices
+from .models import (
+    FALLBACK_C,
+    feature_matrix,
+    feature_sets,
+    fold_plan,
+    head_name,
+    inner_splitter,
+    k_choices,
+)
 from .stage import read_features
 
 #: The rows of `significance_rows`: significance.csv's first seven columns.
@@ -154,7 +161,7 @@ def nested_cv_batch(matrices: list[np.ndarray], y: np.ndarray, tests: list[np.nd
     tests = [np.sort(np.asarray(t, dtype=np.int64)) for t in tests]
     trains = [np.setdiff1d(np.arange(len(y)), t) for t in tests]
     m, n_folds = len(matrices), len(tests)
-    k_lists = [_k_choices(config, x.shape[1]) for x in matrices]
+    k_lists = [k_choices(config, x.shape[1]) for x in matrices]
     splits = []
     for o, train in enumerate(trains):
         splitter = inner_splitter(y[train], config, seed)
