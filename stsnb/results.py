@@ -369,10 +369,14 @@ def discover_runs(work_dir: str | Path, head: str = "fc") -> pd.DataFrame:
     """Every finished run under `work_dir/runs/`: split, combo (number), head and its folder.
 
     `head`: 'fc' (the study's head, ``runs/<split>/combo<NN>/``), 'linear'
-    (``runs/<split>/combo<NN>/linear/``) or 'all'.
+    (``runs/<split>/combo<NN>/linear/``), 'all' (both) or 'radiomics' (the radiomics models,
+    ``runs/<split>/radiomics-<set>-<model>/``: head ``radiomics-<model>``, and `combo` holds the
+    feature set's name, not a combination number; never part of 'all').
     """
-    if head not in ("fc", "linear", "all"):
-        raise StsnbError(f"Unknown head {head!r}: expected fc, linear or all.")
+    if head not in ("fc", "linear", "all", "radiomics"):
+        raise StsnbError(f"Unknown head {head!r}: expected fc, linear, all or radiomics.")
+    if head == "radiomics":
+        return _discover_radiomics_runs(work_dir)
     patterns = {"fc": "runs/*/combo*/predictions.csv",
                 "linear": "runs/*/combo*/linear/predictions.csv"}
     rows = []
@@ -385,6 +389,20 @@ def discover_runs(work_dir: str | Path, head: str = "fc") -> pd.DataFrame:
             if split in SPLITS and combo[5:].isdigit():
                 rows.append({"split": split, "combo": int(combo[5:]), "head": name,
                              "dir": path.parent})
+    return pd.DataFrame(rows, columns=["split", "combo", "head", "dir"])
+
+
+def _discover_radiomics_runs(work_dir: str | Path) -> pd.DataFrame:
+    """The radiomics runs: split, combo (the feature set), head (radiomics-<model>), dir."""
+    from .radiomics.models import head_name, parse_run_name
+
+    rows = []
+    for path in sorted(Path(work_dir).glob("runs/*/radiomics-*/predictions.csv")):
+        parsed = parse_run_name(path.parent.name)
+        split = path.parent.parent.name
+        if parsed is not None and split in SPLITS:
+            rows.append({"split": split, "combo": parsed[0], "head": head_name(parsed[1]),
+                         "dir": path.parent})
     return pd.DataFrame(rows, columns=["split", "combo", "head", "dir"])
 
 
@@ -434,7 +452,11 @@ def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
 def split_predictions(work_dir: str | Path, split: str = "patient",
                       combos: Sequence[int] | None = None,
                       head: str = "fc") -> dict[int, pd.DataFrame]:
-    """predictions.csv of every finished run of `split` (or of `combos` only), by combination."""
+    """predictions.csv of every finished run of `split` (or of `combos` only), by combination
+    (`head` fc, linear or all; the radiomics runs: `stsnb.radiomics.models.split_runs`)."""
+    if head == "radiomics":
+        raise StsnbError("split_predictions is by combination number; read the radiomics runs "
+                         "with stsnb.radiomics.models.split_runs.")
     runs = discover_runs(work_dir, head)
     if runs.empty:
         return {}
