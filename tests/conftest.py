@@ -77,3 +77,21 @@ def pet_run(pet_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
                             chapters=CHAPTERS)
     return {"work_dir": work_dir, "executed": executed[0].parent, "cohort_dir": pet_cohort,
             "notebooks": executed}
+
+
+@pytest.fixture(scope="session")
+def ct_frame_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The PET/CT + T1w cohort with its T1w written in the CT's frame (`synth --mr-frame ct`:
+    nothing to register), every chapter but the appendix executed by papermill (smoke)."""
+    from stsnb.book import CHAPTERS, run_chapters
+    from stsnb.synth import make_synthetic_cohort
+
+    cohort = tmp_path_factory.mktemp("ct-frame-cohort") / "synthetic-ct-frame"
+    make_synthetic_cohort(cohort, n_patients=SMOKE_PATIENTS, seed=SMOKE_SEED, progress=False,
+                          modalities=PET_MODALITIES, workers=2, mr_frame="ct")
+    work_dir = tmp_path_factory.mktemp("ct-frame-work") / "smoke-ct-frame-work"
+    chapters = tuple(c for c in CHAPTERS if c != "07_real_cohort")
+    executed = run_chapters(cohort, work_dir, profile="smoke", seed=SMOKE_SEED,
+                            chapters=chapters)
+    return {"work_dir": work_dir, "cohort_dir": cohort, "notebooks": executed,
+            "chapters": chapters}

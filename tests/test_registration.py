@@ -758,3 +758,26 @@ def test_a_folding_bspline_falls_back_to_rigid(cohort: Path, monkeypatch) -> Non
     table = qa_table([result.qa])
     assert not table.loc[0, "flagged"] or "rigid step" not in table.loc[0, "flag_reason"]
     assert table.loc[0, "rigid_metric_end"] < table.loc[0, "rigid_metric_start"]
+
+
+def test_every_chapter_runs_on_a_pet_ct_cohort_with_its_mr_in_the_ct_frame(ct_frame_run):
+    """The commonest real case (a PET/CT with the MR already aligned to it): nothing is
+    registered, the T1w's own contour placed by geometry agrees with the GTV, and every
+    chapter runs (smoke profile)."""
+    import nbformat
+
+    names = {p.stem for p in ct_frame_run["notebooks"]}
+    for chapter in ct_frame_run["chapters"]:
+        assert chapter in names or any(n.startswith(chapter) for n in names), chapter
+    for path in ct_frame_run["notebooks"]:
+        nb = nbformat.read(path, as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert errors == [], path.name
+    work = ct_frame_run["work_dir"]
+    qa = pd.read_csv(work / "registration" / "qa.csv")
+    assert qa["registration_note"].str.startswith("not registered").all()
+    images = pd.read_csv(work / "registration" / "qa_images.csv")
+    t1w = images[images["image"] == "t1w"]
+    assert len(t1w) == len(qa) and not images["registered"].any()
+    assert (t1w["dice_scanner"] >= 0.95).all(), t1w[["patient_id", "dice_scanner"]]
+    assert (work / "runs" / "patient" / "combo01" / "predictions.csv").exists()
