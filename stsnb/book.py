@@ -34,6 +34,7 @@ CHAPTERS: tuple[str, ...] = (
     "03_preprocessing",
     "04_training",
     "05_cv_results",
+    "05b_radiomics",  # the radiomics baseline on chapter 04's patient folds
     "08_controls",  # the positive and negative controls on chapter 04's cached features
     "06_gradcam",
     "07_real_cohort",  # appendix: the TCIA sample imported from DICOM (its own cohort)
@@ -41,7 +42,7 @@ CHAPTERS: tuple[str, ...] = (
 TRAINING_CHAPTER = "04_training"
 #: The chapters that need the profile's cross-validation (replaced by a page saying so when the
 #: cohort is too small for it).
-CV_CHAPTERS = ("04_training", "05_cv_results", "08_controls", "06_gradcam")
+CV_CHAPTERS = ("04_training", "05_cv_results", "05b_radiomics", "08_controls", "06_gradcam")
 #: The page that stands for chapter 04's runs when the cohort is too small.
 TOO_SMALL_TRAINING_PAGE = "04_training_too_small"
 BOOK_FILES = ("_config.yml", "_toc.yml")
@@ -280,7 +281,8 @@ def write_too_small_page(generated: Path, chapter: str, shortfall: str, profile:
                   if chapter == TRAINING_CHAPTER else [generated / f"{chapter}.ipynb"]):
         stale.unlink(missing_ok=True)
     title = {"04_training": "04 Training", "05_cv_results": "05 Cross-validated results",
-             "08_controls": "Controls", "06_gradcam": "06 Grad-CAM"}[chapter]
+             "05b_radiomics": "05b Radiomics baseline", "08_controls": "Controls",
+             "06_gradcam": "06 Grad-CAM"}[chapter]
     text = (f"# {title}: not run, the cohort is too small\n\n"
             f"The {resolved.name} profile cross-validates over {resolved.training.folds} "
             "patient-grouped folds, stratified by outcome: each fold's test set needs patients "

@@ -185,3 +185,29 @@ def test_real_cohort_appendix_page(smoke_book):
     for src in parser.sources:
         assert (smoke_book["html"] / "book" / "generated" / src).resolve().exists(), src
     assert (smoke_book["work_dir"] / "real_cohort" / "work" / "registration" / "qa.csv").exists()
+
+
+def test_radiomics_chapter_shows_its_aucs_and_declared_comparisons(smoke_book):
+    """Chapter 05b ran clean on the smoke cohort: the AUC table of every set and model beside
+    the networks, the DeLong rows, the decision curve; its rows in radiomics/significance.csv
+    (chapter 05's significance.csv keeps combination numbers only)."""
+    path = smoke_book["executed"] / "05b_radiomics.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert [o for o in outputs if o.output_type == "error"] == []
+    texts = "\n".join(o.get("data", {}).get("text/plain", "") + o.get("data", {}).get(
+        "text/markdown", "") for o in outputs)
+    for text in ("radiomics-all-lr", "radiomics-ct-rf", "patient_auc", "ci_low", "FC head, "
+                 "combination", "linear head, combination", "GTV volume alone", "mirp",
+                 "fixed bin width", "Best radiomics model", "DeLong"):
+        assert text in texts, text
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the decision curve
+    work = smoke_book["work_dir"]
+    rows = pd.read_csv(work / "radiomics" / "significance.csv")
+    assert (rows["head"] == "radiomics-lr").all() and "all" in set(rows["combo"])
+    assert (rows["n_permutations"] == SMOKE.radiomics.lr_permutations).all()
+    assert not pd.read_csv(work / "significance.csv")["head"].str.startswith("radiomics").any()
+    timings = pd.read_csv(work / "timings.csv")
+    assert "chapter 05b_radiomics" in set(timings["stage"])
+    page = (smoke_book["html"] / "book" / "generated" / "05b_radiomics.html").read_text()
+    assert "Radiomics baseline" in page and "Declared comparisons" in page

@@ -1,4 +1,5 @@
-"""Figures of chapter 05: the study's comparison, ROC curves, ranking, leakage and calibration."""
+"""Figures of chapters 05 and 05b: the study's comparison, ROC curves, ranking, leakage,
+calibration and decision curves."""
 
 from __future__ import annotations
 
@@ -153,4 +154,22 @@ def histories_figure(history: pd.DataFrame, title: str) -> Figure:
         ax.set_ylabel("cross-entropy loss" if value == "loss" else "accuracy")
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def decision_curve_figure(curve: pd.DataFrame, title: str) -> Figure:
+    """Net benefit against the threshold probability: the model, treat all, treat none."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(100 * curve["threshold"], curve["model"], label="model")
+    ax.plot(100 * curve["threshold"], curve["treat_all"], color="grey", ls="--",
+            label="treat all")
+    ax.plot(100 * curve["threshold"], curve["treat_none"], color="black", lw=0.8,
+            label="treat none")
+    low = min(0.0, float(curve["model"].min()))
+    high = max(float(curve[["model", "treat_all"]].max().max()), 0.05)
+    ax.set_ylim(low - 0.05, high + 0.05)
+    ax.set_xlabel("threshold probability of distant metastasis (%)")
+    ax.set_ylabel("net benefit")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
     return fig
