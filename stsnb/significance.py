@@ -13,7 +13,7 @@ never 0, and 1 / (1 + n) at best.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,13 +95,20 @@ def permutation_null(features: Mapping[int, np.ndarray], y: np.ndarray, n_folds:
             aucs[group] = _cv_aucs(stack, labels, n_folds, seed, Cs, inner_folds, balanced)
         return aucs
 
+    return permuted_runs(run, y, seed, n_permutations, combos)
+
+
+def permuted_runs(run: Callable[[np.ndarray], np.ndarray], y: np.ndarray, seed: int,
+                  n_permutations: int, names: tuple) -> PermutationResult:
+    """`run(labels)` (one AUC per name) on `y` and on permutations 1..n of it (the same
+    permutations for every name, `permuted_labels`), timed."""
     started = time.perf_counter()
     observed = run(y)
-    null = np.empty((int(n_permutations), len(combos)))
+    null = np.empty((int(n_permutations), len(names)))
     for k in range(1, int(n_permutations) + 1):
         null[k - 1] = run(permuted_labels(y, seed, k))
-    return PermutationResult(observed=dict(zip(combos, observed.tolist(), strict=True)),
-                             null=null, combos=combos, seconds=time.perf_counter() - started)
+    return PermutationResult(observed=dict(zip(names, observed.tolist(), strict=True)),
+                             null=null, combos=names, seconds=time.perf_counter() - started)
 
 
 def p_values(result: PermutationResult) -> pd.DataFrame:

@@ -19,7 +19,6 @@ probabilities agree with the Pipeline's to solver precision (tests/test_radiomic
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import pandas as pd
 from ..config import Profile, RadiomicsConfig, resolve_profile
 from ..errors import ConfigError
 from ..linear import fit_predict_batch, patient_folds, roc_auc
-from ..significance import PermutationResult, permuted_labels
+from ..significance import PermutationResult, permuted_runs
 from .models import (
     FALLBACK_C,
     feature_matrix,
@@ -240,13 +239,7 @@ def permutation_null(matrices: Mapping[str, np.ndarray], y: np.ndarray, n_folds:
         result = nested_cv_batch(values, labels, folds, config, seed)
         return np.atleast_1d(roc_auc(labels, result.prob))
 
-    started = time.perf_counter()
-    observed = run(y)
-    null = np.empty((int(n_permutations), len(names)))
-    for k in range(1, int(n_permutations) + 1):
-        null[k - 1] = run(permuted_labels(y, seed, k))
-    return PermutationResult(observed=dict(zip(names, observed.tolist(), strict=True)),
-                             null=null, combos=names, seconds=time.perf_counter() - started)
+    return permuted_runs(run, y, seed, n_permutations, names)
 
 
 def significance_rows(result: PermutationResult, split: str = "patient") -> pd.DataFrame:
