@@ -15,7 +15,6 @@ each). 'fp32' stores float32.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .model import N_FEATURES, ModelBundle, backbone_forward, backbone_name, pre
 from .store import (
     atomic_path,
     hash_config,
+    read_json,
     remove_stale_temporaries,
     require_free_space,
     write_json_atomic,
@@ -202,7 +202,7 @@ def cached_features(source: SliceSource, work_dir: str | Path, channels: Sequenc
     root = Path(work_dir) / FEATURE_DIR / key_hash[:16]
     record_path = root / "cache.json"
     remove_stale_temporaries(root)  # shards cut off by a killed run
-    previous = _read_json(record_path)
+    previous = read_json(record_path)
     total = float(previous.get("seconds", 0.0)) if previous.get("key_hash") == key_hash else 0.0
     pids = source.index["patient_id"].astype(str).to_numpy()
     rows = source.index["row"].to_numpy(np.int64)
@@ -274,13 +274,6 @@ def _load_shard(path: Path) -> np.ndarray | None:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def read_feature_cache(work_dir: str | Path, features_dir: str, source: SliceSource,
                        key_hash: str) -> np.ndarray:
     """float32 (n_slices, 25088): a complete cache of ``work_dir/features/<dir>/`` in index order.
@@ -289,7 +282,7 @@ def read_feature_cache(work_dir: str | Path, features_dir: str, source: SliceSou
     when the cache is not that one or a patient's shard is missing (rerun chapter 04).
     """
     root = Path(work_dir) / FEATURE_DIR / features_dir
-    record = _read_json(root / "cache.json")
+    record = read_json(root / "cache.json")
     if record.get("key_hash") != key_hash:
         raise ConfigError(f"The feature cache {root} is not the one this run used (key "
                           f"{str(record.get('key_hash'))[:12]} != {key_hash[:12]}). Fix: rerun "

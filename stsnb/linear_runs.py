@@ -39,6 +39,7 @@ from .store import (
     hash_config,
     output_sizes,
     outputs_intact,
+    read_json,
     record_timing,
     remove_stale_temporaries,
     write_csv_atomic,
@@ -48,7 +49,6 @@ from .training import (
     PREDICTION_COLUMNS,
     RUN_RECORD,
     TrainingRun,
-    _read_json,
     classification_metrics,
     run_dir,
 )
@@ -184,12 +184,12 @@ def read_linear_run(out: Path, combination: Combination, split: str,
         predictions=pd.read_csv(out / "predictions.csv", dtype={"patient_id": str}),
         history=pd.read_csv(out / "history.csv"),
         fold_metrics=pd.read_csv(out / "fold_metrics.csv"),
-        record=_read_json(out / RUN_RECORD), reused=reused)
+        record=read_json(out / RUN_RECORD), reused=reused)
 
 
 def linear_is_current(out: Path, key_hash: str) -> bool:
     """True when ``out/run.json`` holds `key_hash` and its outputs exist, whole."""
-    record = _read_json(out / RUN_RECORD)
+    record = read_json(out / RUN_RECORD)
     return record.get("key_hash") == key_hash and all(
         (out / name).exists() for name in record.get("outputs", [])) and outputs_intact(
         out, record.get("sizes", {}))
@@ -293,7 +293,7 @@ def linear_done(source: SliceSource, work_dir: str | Path, profile: Profile | st
     profile = resolve_profile(profile)
     combination = resolve_combo(combo, tuple(source.modalities))
     split = check_split(split)
-    fc_record = _read_json(run_dir(work_dir, split, combination.number) / RUN_RECORD)
+    fc_record = read_json(run_dir(work_dir, split, combination.number) / RUN_RECORD)
     if "features_key_hash" not in fc_record:
         return False
     key = linear_key(source, combination, split, seed, profile.training,

@@ -60,6 +60,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object in `path`; {} when it is missing or unreadable (a record not written)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as CSV (no index) atomically."""
     with atomic_path(path) as tmp:

@@ -17,7 +17,6 @@ precision, seconds), and ``folds/fold<NN>/`` (each fold's outputs, and its train
 from __future__ import annotations
 
 import html
-import json
 import math
 import time
 from collections.abc import Callable
@@ -72,6 +71,7 @@ from .store import (
     hash_config,
     output_sizes,
     outputs_intact,
+    read_json,
     record_timing,
     remove_stale_temporaries,
     write_csv_atomic,
@@ -445,16 +445,9 @@ def run_key(source: SliceSource, combination: Combination, split: str, seed: int
             "model": f"{weights.backbone}, classifier trained, 2 classes, cross-entropy"}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def run_is_current(out: Path, key_hash: str) -> bool:
     """True when ``out/run.json`` was made with `key_hash` and its outputs exist, whole."""
-    record = _read_json(out / RUN_RECORD)
+    record = read_json(out / RUN_RECORD)
     return record.get("key_hash") == key_hash and all(
         (out / name).exists() for name in record.get("outputs", [])) and outputs_intact(
         out, record.get("sizes", {}))
@@ -523,7 +516,7 @@ def _fold_files(out: Path, number: int, with_head: bool) -> list[Path]:
 
 def _fold_done(out: Path, fold: Fold, key_hash: str, with_head: bool) -> dict[str, Any] | None:
     files = _fold_files(out, fold.number, with_head)
-    record = _read_json(files[-1])
+    record = read_json(files[-1])
     ok = (record.get("key_hash") == key_hash and record.get("members") == _members_hash(fold)
           and all(p.exists() for p in files)
           and outputs_intact(files[-1].parent, record.get("sizes", {})))
@@ -585,7 +578,7 @@ def read_run(out: Path, combination: Combination, split: str, reused: bool) -> T
         predictions=pd.read_csv(out / "predictions.csv", dtype={"patient_id": str}),
         history=pd.read_csv(out / "history.csv"),
         fold_metrics=pd.read_csv(out / "fold_metrics.csv"),
-        record=_read_json(out / RUN_RECORD), reused=reused)
+        record=read_json(out / RUN_RECORD), reused=reused)
 
 
 def train_combination(source: SliceSource, work_dir: str | Path, profile: Profile | str,
@@ -765,7 +758,7 @@ def fold_model(work_dir: str | Path, split: str, combo: int | str, fold: int,
     """
     combination = resolve_combo(combo, tuple(source.modalities))
     out = run_dir(work_dir, check_split(split), combination.number)
-    record = _read_json(out / RUN_RECORD)
+    record = read_json(out / RUN_RECORD)
     path = out / "folds" / f"fold{int(fold):02d}" / HEAD_FILE
     if not record or not path.exists():
         raise StsnbError(f"No trained head for fold {fold} in {out} (run chapter 04 with "
@@ -871,7 +864,7 @@ class FoldHeads:
 
         combination = resolve_combo(combo, tuple(source.modalities))
         out = run_dir(work_dir, "patient", combination.number)
-        record = _read_json(out / RUN_RECORD)
+        record = read_json(out / RUN_RECORD)
         if not record:
             raise StsnbError(f"No finished FC run in {out}: run chapter 04 for combination "
                              f"{combination.number} first.")

@@ -22,7 +22,6 @@ the folds, the labels and the settings; the run is reused while the key holds).
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from ..store import (
     hash_config,
     output_sizes,
     outputs_intact,
+    read_json,
     record_timing,
     remove_stale_temporaries,
     write_csv_atomic,
@@ -83,13 +83,6 @@ METRIC_COLUMNS = ("fold", "n_train", "n_test", *THRESHOLD_METRICS)
 #: (sklearn's "roc_auc" mathematically; computed from ranks, candidates with equal AUCs tie
 #: exactly, so the first in the grid wins here and in the permutation test alike).
 AUC_SCORER = make_scorer(rank_auc, response_method="predict_proba")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def check_model(model: str) -> str:
@@ -390,13 +383,13 @@ def read_model_run(out: Path, feature_set: str, model: str, split: str,
     return RadiomicsModelRun(
         feature_set=feature_set, model=model, split=split, run_dir=out,
         predictions=pd.read_csv(out / "predictions.csv", dtype={"patient_id": str}),
-        fold_metrics=pd.read_csv(out / "fold_metrics.csv"), record=_read_json(out / RUN_RECORD),
+        fold_metrics=pd.read_csv(out / "fold_metrics.csv"), record=read_json(out / RUN_RECORD),
         reused=reused)
 
 
 def run_is_current(out: Path, key_hash: str) -> bool:
     """True when ``out/run.json`` holds `key_hash` and its outputs exist, whole."""
-    record = _read_json(out / RUN_RECORD)
+    record = read_json(out / RUN_RECORD)
     return record.get("key_hash") == key_hash and all(
         (out / name).exists() for name in record.get("outputs", [])) and outputs_intact(
         out, record.get("sizes", {}))

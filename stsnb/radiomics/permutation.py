@@ -31,7 +31,7 @@ import pandas as pd
 from ..config import Profile, RadiomicsConfig, resolve_profile
 from ..errors import ConfigError
 from ..linear import fit_predict_batch, patient_folds, roc_auc
-from ..significance import PermutationResult, permuted_runs
+from ..significance import PermutationResult, p_values, permuted_runs
 from .models import (
     FALLBACK_C,
     feature_matrix,
@@ -46,8 +46,6 @@ from .stage import read_features
 #: The rows of `significance_rows`: significance.csv's first seven columns.
 SIGNIFICANCE_COLUMNS = ("split", "head", "combo", "patient_auc", "p_value", "p_best_corrected",
                         "n_permutations")
-#: An AUC of the null within this of the observed one counts as reaching it.
-_TIE_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -249,16 +247,8 @@ def significance_rows(result: PermutationResult, split: str = "patient") -> pd.D
 
     p = (1 + #(null >= observed)) / (1 + n): the observed run counts as one permutation.
     """
-    n = len(result.null)
-    observed = np.array([result.observed[c] for c in result.combos])
-    reach = result.null >= observed[None, :] - _TIE_TOL
-    best = result.null.max(axis=1)
-    reach_best = best[:, None] >= observed[None, :] - _TIE_TOL
-    return pd.DataFrame({
-        "split": split, "head": head_name("lr"), "combo": list(result.combos),
-        "patient_auc": observed, "p_value": (1 + reach.sum(axis=0)) / (1 + n),
-        "p_best_corrected": (1 + reach_best.sum(axis=0)) / (1 + n), "n_permutations": n,
-    }, columns=list(SIGNIFICANCE_COLUMNS))
+    return p_values(result).assign(split=split, head=head_name("lr"))[
+        list(SIGNIFICANCE_COLUMNS)]
 
 
 def radiomics_significance(work_dir: str | Path, profile: Profile | str = "auto", seed: int = 0,
