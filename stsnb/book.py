@@ -38,11 +38,13 @@ CHAPTERS: tuple[str, ...] = (
     "08_controls",  # the positive and negative controls on chapter 04's cached features
     "06_gradcam",
     "07_real_cohort",  # appendix: the TCIA sample imported from DICOM (its own cohort)
+    "09_reporting",  # TRIPOD+AI and CLAIM 2024 items answered from the work dir
 )
 TRAINING_CHAPTER = "04_training"
 #: The chapters that need the profile's cross-validation (replaced by a page saying so when the
 #: cohort is too small for it).
-CV_CHAPTERS = ("04_training", "05_cv_results", "05b_radiomics", "08_controls", "06_gradcam")
+CV_CHAPTERS = ("04_training", "05_cv_results", "05b_radiomics", "08_controls", "06_gradcam",
+               "09_reporting")
 #: The page that stands for chapter 04's runs when the cohort is too small.
 TOO_SMALL_TRAINING_PAGE = "04_training_too_small"
 BOOK_FILES = ("_config.yml", "_toc.yml")

@@ -209,3 +209,22 @@ def controls_summary(results: ControlResults, alpha: float = 0.05) -> str:
                 f"{row.train_loss:.3f} = {row.train_loss / row.constant_loss:.2f} x that of "
                 f"the best constant prediction ({row.constant_loss:.3f} nats).")
     return " ".join(lines)
+
+
+def radiomics_controls_summary(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """The radiomics lr models' verdicts on both controls (rows of
+    `stsnb.radiomics.permutation.control_significance`), in words."""
+    lines = []
+    for kind in KINDS:
+        part = table[table["kind"] == kind]
+        if part.empty:
+            continue
+        best = part.sort_values(["patient_auc", "combo"], ascending=[False, True]).iloc[0]
+        verdict = "found" if best.p_best_corrected < alpha else "not found"
+        lines.append(
+            f"**{kind.capitalize()} control, radiomics lr:** best set {best.combo} (AUC "
+            f"{best.patient_auc:.2f}, p = {best.p_value:.3f}, corrected for the choice among "
+            f"{len(part)} sets p = {best.p_best_corrected:.3f}, {int(best.n_permutations)} "
+            f"permutations): {verdict}; {int((part['p_value'] < alpha).sum())} of {len(part)} "
+            f"sets with uncorrected p < {alpha}.")
+    return " ".join(lines)

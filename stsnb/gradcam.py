@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import StsnbError
 from .model import ModelBundle
+from .store import write_csv_atomic
 
 #: Positive class index of the two-class head (distant metastasis).
 POSITIVE_CLASS = 1
@@ -32,6 +33,9 @@ POSITIVE_CLASS = 1
 RING_MM = 10.0
 #: Normalized CT above which a pixel counts as body (air is 0 after min-max over the slab).
 BODY_THRESHOLD = 0.05
+#: Chapter 06's tables in the work dir (read by the reporting page).
+GRADCAM_DIR = "gradcam"
+SHARES_FILE = "shares.csv"
 
 
 class _NormalizedInput(nn.Module):
@@ -254,3 +258,8 @@ def gradcam_summary(result: GradCamResult) -> str:
         f"{t['chance_ring'].mean():.2f}). Inside-GTV share by outcome: {parts}; "
         + verdict + note
     )
+
+
+def write_shares(work_dir: str | Path, table: pd.DataFrame) -> Path:
+    """``work_dir/gradcam/shares.csv``: the per-slice shares of a chapter 06 run."""
+    return write_csv_atomic(table, Path(work_dir) / GRADCAM_DIR / SHARES_FILE)

@@ -211,3 +211,58 @@ def test_radiomics_chapter_shows_its_aucs_and_declared_comparisons(smoke_book):
     assert "chapter 05b_radiomics" in set(timings["stage"])
     page = (smoke_book["html"] / "book" / "generated" / "05b_radiomics.html").read_text()
     assert "Radiomics baseline" in page and "Declared comparisons" in page
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.checklist: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id"):
+            self.ids.add(attrs["id"])
+        if tag == "a" and attrs.get("class") == "checklist-link":
+            self.checklist.append(attrs["href"])
+
+
+def _parse(path: Path) -> _Links:
+    parser = _Links()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def test_reporting_page_answers_from_the_run_and_every_link_resolves(smoke_book):
+    """The reporting page lists TRIPOD+AI and CLAIM 2024 items answered from the work dir, and
+    every item's link opens an existing page of the built book at an existing section."""
+    page = smoke_book["html"] / "book" / "generated" / "09_reporting.html"
+    links = _parse(page).checklist
+    from stsnb.reporting import ITEMS
+
+    assert len(links) == len(ITEMS)
+    for href in set(links):
+        target, _, anchor = href.partition("#")
+        path = (page.parent / target).resolve()
+        assert path.exists(), href
+        assert anchor in _parse(path).ids, href
+    text = page.read_text(encoding="utf-8")
+    cohort = read_cohort_table(smoke_book["work_dir"])
+    included = int(cohort["included"].sum())
+    assert f"{included} of {len(cohort)} screened patients included" in text
+    for words in ("TRIPOD+AI", "CLAIM 2024", "BMJ 2024;385:e078378", "e240300",
+                  "Level of disjointness", "Failure analysis", "Not applicable"):
+        assert words in text, words
+
+
+def test_gradcam_chapter_shows_its_failure_analysis(smoke_book):
+    """Chapter 06 writes its shares and failure tables and shows the failures' images."""
+    work = smoke_book["work_dir"]
+    shares = pd.read_csv(work / "gradcam" / "shares.csv")
+    assert {"share_gtv", "chance_gtv", "patient_id"} <= set(shares.columns)
+    worst = pd.read_csv(work / "gradcam" / "failures.csv")
+    assert (worst["outcome"].isin(["FP", "FN"])).all()
+    assert worst["error"].is_monotonic_decreasing
+    assert (worst["error"] > 0.5).all()
+    page = (smoke_book["html"] / "book" / "generated" / "06_gradcam.html").read_text()
+    assert 'id="failure-analysis"' in page

@@ -172,3 +172,8 @@ def test_controls_page_and_tables(smoke_book):
     assert set(oracle["modality"]) == set(STUDY_MODALITIES)
     text = (smoke_book["executed"] / "08_controls.ipynb").read_text()
     assert "Positive control, linear head" in text and "negative-control runs" in text
+    radiomics = pd.read_csv(work / "controls" / "radiomics.csv")
+    assert set(radiomics["kind"]) == {"positive", "negative"}
+    assert (radiomics["head"] == "radiomics-lr").all() and "all" in set(radiomics["combo"])
+    assert radiomics["p_value"].between(0, 1).all()
+    assert "Positive control, radiomics lr" in text

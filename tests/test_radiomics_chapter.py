@@ -47,14 +47,18 @@ def test_auc_table_sorts_by_auc_with_bootstrap_cis():
     assert (table["n_patients"] == 20).all()
 
 
-def test_declared_comparisons_are_the_two_paired_delong_tests():
-    best, radiomics, _ = example()
-    rows = chapter.declared_comparisons(best, radiomics)
-    assert list(rows["b"]) == ["radiomics-all-lr", chapter.linear_label(best)]
+def test_declared_comparisons_are_the_paired_delong_tests():
+    best, radiomics, label = example()
+    rng = np.random.default_rng(1)
+    volume = predictions(rng.uniform(0.05, 0.95, 20), label)
+    rows = chapter.declared_comparisons(best, radiomics, {"GTV volume alone": volume})
+    assert list(rows["b"]) == ["radiomics-all-lr", "GTV volume alone", chapter.linear_label(best)]
     assert (rows["a"] == chapter.fc_label(best)).all()
     expected = paired_delong(best.fc, radiomics)
     assert np.isclose(rows.loc[0, "p_value"], expected.p_value)
     assert np.isclose(rows.loc[0, "difference"], expected.difference)
+    against_volume = paired_delong(best.fc, volume)
+    assert np.isclose(rows.loc[1, "p_value"], against_volume.p_value)
     alone = chapter.declared_comparisons(chapter.NetworkBest(3, "x", best.fc, None), radiomics)
     assert len(alone) == 1
 

@@ -75,3 +75,32 @@ def shares_figure(table: pd.DataFrame) -> Figure:
     axes[1].set_ylabel("share of map mass")
     fig.tight_layout()
     return fig
+
+
+def failures_figure(store, worst: pd.DataFrame, rows: list[int]) -> Figure:
+    """The patients the model gets most wrong (one row each): every stored image of the slice
+    with the largest GTV area, normalized as the network saw it, GTV contour in white."""
+    modalities = store.modalities
+    if worst.empty:
+        fig, ax = plt.subplots()
+        ax.set_axis_off()
+        ax.set_title("No misclassified patient to show")
+        return fig
+    fig, axes = plt.subplots(len(worst), len(modalities), squeeze=False,
+                             figsize=(2.1 * len(modalities), 2.3 * len(worst)))
+    for i, (patient, row) in enumerate(zip(worst.itertuples(), rows, strict=True)):
+        gtv = store.gtv_masks([row])[0]
+        for j, name in enumerate(modalities):
+            ax = axes[i, j]
+            ax.imshow(store.modality([row], name)[0], cmap="gray", vmin=0, vmax=1)
+            ax.contour(gtv, levels=[0.5], colors="white", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(DISPLAY_NAMES.get(name, name), fontsize=9)
+        axes[i, 0].set_ylabel(f"{patient.patient_id} ({patient.outcome})\nlabel {patient.label}, "
+                              f"p = {patient.prob:.2f}\nfold {patient.fold}", fontsize=8)
+    fig.suptitle("Failure analysis: the misclassified patients with the largest error, at "
+                 "their largest GTV slice (GTV in white; intensities in [0, 1] as stored)")
+    fig.tight_layout()
+    return fig

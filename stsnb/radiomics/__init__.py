@@ -21,7 +21,7 @@ from .settings import (
     left_out_features,
     settings_table,
 )
-from .stage import RadiomicsRun, read_features, run_radiomics
+from .stage import RadiomicsRun, has_features, read_features, run_radiomics
 
 __all__ = [
     "COMMON_SETTINGS",
@@ -33,6 +33,7 @@ __all__ = [
     "RadiomicsRun",
     "SPATIAL_AUTOCORRELATION",
     "check_inputs",
+    "has_features",
     "left_out_features",
     "library_versions",
     "radiomics_inputs",

@@ -77,11 +77,16 @@ def auc_table(entries: Mapping[str, tuple[str, str, pd.DataFrame]], n_boot: int 
     return table.iloc[order].reset_index(drop=True)
 
 
-def declared_comparisons(best: NetworkBest, radiomics_all_lr: pd.DataFrame) -> pd.DataFrame:
-    """DeLong's paired test of the two comparisons fixed before any result is read: the FC
-    head's best combination against ``radiomics-all-lr``, and the FC head against the linear
-    head on that combination (difference = b - a; two-sided p)."""
+def declared_comparisons(best: NetworkBest, radiomics_all_lr: pd.DataFrame,
+                         baselines: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """DeLong's paired test of the comparisons fixed before any result is read: the FC head's
+    best combination against ``radiomics-all-lr``, against each of chapter 05's baselines
+    (``baselines``: name -> predictions on the same patient folds, e.g. GTV volume alone and
+    the clinical columns alone), and against the linear head on that combination
+    (difference = b - a; two-sided p)."""
     pairs = [(fc_label(best), best.fc, run_name(ALL, "lr"), radiomics_all_lr)]
+    for name, preds in (baselines or {}).items():
+        pairs.append((fc_label(best), best.fc, name, preds))
     if best.linear is not None:
         pairs.append((fc_label(best), best.fc, linear_label(best), best.linear))
     rows = []

@@ -278,3 +278,34 @@ def radiomics_significance(work_dir: str | Path, profile: Profile | str = "auto"
     result = permutation_null(matrices, folds.labels, profile.training.folds, seed, n,
                               profile.radiomics)
     return significance_rows(result), result
+
+
+def control_significance(cohort_dir: str | Path, work_dir: str | Path,
+                         profile: Profile | str = "auto", seed: int = 0,
+                         store: Any = None, n_permutations: int | None = None) -> pd.DataFrame:
+    """The ``lr`` models' permutation test on the suite's controls (`stsnb.controls`): the
+    positive control's labels (top third by necrosis fraction, which texture and intensity in
+    T2w and CE-T1w should find) and the negative control's random labels (which must stay at
+    chance), on chapter 04's patients; rows of `significance_rows` with a ``kind`` column.
+    Written to ``work_dir/controls/radiomics.csv``."""
+    from ..controls import CONTROLS_DIR, KINDS, control_labels
+    from ..store import write_csv_atomic
+    from ..training import open_slices
+
+    profile = resolve_profile(profile)
+    source = store if store is not None else open_slices(work_dir, profile)
+    folds = fold_plan(source.index, profile, "patient", seed)
+    features = read_features(work_dir)
+    columns = feature_sets(features)
+    matrices = {name: feature_matrix(features, folds.patient_ids, columns[name])
+                for name in columns}
+    n = profile.radiomics.lr_permutations if n_permutations is None else int(n_permutations)
+    tables = []
+    for kind in KINDS:
+        labels = control_labels(cohort_dir, folds.patient_ids, kind, seed)
+        result = permutation_null(matrices, labels, profile.training.folds, seed, n,
+                                  profile.radiomics)
+        tables.append(significance_rows(result).assign(kind=kind))
+    table = pd.concat(tables, ignore_index=True)
+    write_csv_atomic(table, Path(work_dir) / CONTROLS_DIR / "radiomics.csv")
+    return table

@@ -232,6 +232,11 @@ def wide_table(per_patient: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return wide.reset_index()
 
 
+def has_features(work_dir: str | Path) -> bool:
+    """Whether the radiomics stage has written ``work_dir/radiomics/features.csv``."""
+    return (radiomics_dir(work_dir) / FEATURES).exists()
+
+
 def read_features(work_dir: str | Path) -> pd.DataFrame:
     """The all-patient table ``work_dir/radiomics/features.csv``."""
     path = radiomics_dir(work_dir) / FEATURES
