@@ -131,9 +131,14 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' = 'bf16' where it runs natively on `device`, else 'fp32'."""
+    """'auto' = on a GPU, 'bf16' where it runs natively; on a CPU, this machine's measured
+    choice (`stsnb.precision.cpu_precision`: bf16 only when >= 1.3x faster, decided once)."""
     key = str(precision).strip().lower()
     if key == "auto":
+        if device.type == "cpu":
+            from .precision import cpu_precision
+
+            return cpu_precision().precision
         return "bf16" if bf16_supported(device) else "fp32"
     if key not in PRECISIONS:
         raise ConfigError(f"Unknown precision {precision!r}: expected one of "

@@ -122,13 +122,16 @@ def update_manifest(
     weights: dict[str, Any] | None = None,
     cohort_sha256: str | None = None,
     runs: dict[str, dict[str, Any]] | None = None,
+    precision_measurement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Record the run-level facts and one stage's entry in `work_dir/manifest.json`.
 
     The stage's entry holds the profile, seed, device and precision it ran with and, from its
     record (``<stage>/stage.json``), the key hash that decides whether its outputs are reused
     and the seconds it took. `runs` adds or replaces entries of ``runs`` (one per training run:
-    its key hash, seed, weights, device and precision).
+    its key hash, seed, weights, device and precision). `precision_measurement` records the
+    CPU's measured fp32 and bf16 throughputs and the precision chosen from them
+    (`stsnb.precision.PrecisionChoice.as_dict`).
     """
     manifest = read_manifest(work_dir)
     manifest.update(
@@ -161,8 +164,19 @@ def update_manifest(
         manifest["weights"] = weights
     if runs:
         manifest.setdefault("runs", {}).update(runs)
+    if precision_measurement is not None:
+        manifest["precision_measurement"] = precision_measurement
     write_json_atomic(Path(work_dir) / MANIFEST, manifest)
     return manifest
+
+
+def _measured(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "not measured (GPU, or a precision given explicitly)"
+    bf16 = entry.get("bf16_images_per_s")
+    return (f"{entry.get('precision')}: fp32 {entry.get('fp32_images_per_s', 0):.1f} images/s, "
+            f"bf16 {'-' if bf16 is None else f'{bf16:.1f}'} images/s on "
+            f"{entry.get('machine', {}).get('cpu', '?')}")
 
 
 def manifest_table(manifest: dict[str, Any]) -> pd.DataFrame:
@@ -183,6 +197,7 @@ def manifest_table(manifest: dict[str, Any]) -> pd.DataFrame:
         ("network weights", weights_text),
         ("device", ", ".join(devices) or "?"),
         ("precision", ", ".join(precisions) or "?"),
+        ("precision measured", _measured(manifest.get("precision_measurement"))),
         ("python", f"{manifest.get('python', '?')} on {manifest.get('platform', '?')}"),
         ("CPU cores", manifest.get("cpu_count", "?")),
         ("stages run", ", ".join(manifest.get("stages", {})) or "none"),

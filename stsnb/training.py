@@ -736,8 +736,18 @@ def run_training(cohort_dir: str | Path, work_dir: str | Path, profile: Profile 
                     device=run.record["device"], precision=run.record["precision"],
                     weights=run.weights,
                     cohort_sha256=read_manifest(work_dir).get("cohort_sha256"),
-                    runs={f"{run.split}/{run.run_dir.name}": run_entry(run)})
+                    runs={f"{run.split}/{run.run_dir.name}": run_entry(run)},
+                    precision_measurement=_precision_measurement(device, precision))
     return run
+
+
+def _precision_measurement(device: str, precision: str) -> dict[str, Any] | None:
+    """The CPU's cached precision measurement when the run chose by it (auto on a CPU)."""
+    if str(precision).lower() != "auto" or resolve_device(device).type != "cpu":
+        return None
+    from .precision import cpu_precision
+
+    return cpu_precision().as_dict()
 
 
 def run_entry(run: TrainingRun) -> dict[str, Any]:
