@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 
@@ -34,6 +35,11 @@ class LocatedError(StsnbError, ValueError):
         if fix:
             message += f" Fix: {fix}"
         super().__init__(message)
+
+    def __reduce__(self):
+        """Pickled with its fields (an error raised in a worker process arrives whole)."""
+        return (partial(type(self), patient_id=self.patient_id, path=self.path, fix=self.fix),
+                (self.problem,))
 
 
 class CohortError(LocatedError):

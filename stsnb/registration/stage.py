@@ -14,7 +14,11 @@ patient is reused only when they match and every output exists.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -185,11 +189,15 @@ def run_registration(
     patients: list[str] | None = None,
     thresholds: QAThresholds | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> RegistrationRun:
     """Register the included patients (or `patients`) and write ``registration/qa.csv``.
 
     Each patient is reused when its inputs and settings are unchanged. A patient that cannot
     be registered raises an error naming it and the file; the patients done so far are kept.
+    `workers`: patients registered at once, each in its own process with an equal share of
+    the cores for SimpleITK's threads (default: one per core; 1 = in this process, SimpleITK
+    on every core).
     """
     cohort_dir = Path(cohort_dir)
     work_dir = ensure_writable_dir(work_dir)
@@ -206,19 +214,15 @@ def run_registration(
     check_registration_space(registration_dir(work_dir), [
         patient_inputs(cohort_dir, p, cohort) for p in ids
         if saved_qa(patient_dir(work_dir, p), keys[p]) is None])
-    rows, image_rows, reused, outputs = [], [], [], []
-    bar = tqdm(ids, desc="registration", unit="patient", disable=not progress)
-    for pid in bar:
-        bar.set_postfix_str(pid)
+    saved = {pid: saved_qa(patient_dir(work_dir, pid), keys[pid]) for pid in ids}
+    reused = [pid for pid in ids if saved[pid] is not None]
+    todo = [pid for pid in ids if saved[pid] is None]
+    computed = dict(_register_all(todo, cohort_dir, cohort, config, seed, work_dir, keys,
+                                  check_workers(workers, len(todo)), progress))
+    rows, image_rows, outputs = [], [], []
+    for pid in ids:
         folder = patient_dir(work_dir, pid)
-        qa = saved_qa(folder, keys[pid])
-        if qa is None:
-            result = register_patient(patient_inputs(cohort_dir, pid, cohort), config, seed)
-            save_patient(result, folder, keys[pid])
-            qa = result.qa
-        else:
-            reused.append(pid)
-        rows.append(qa)
+        rows.append(saved[pid] if saved[pid] is not None else computed[pid])
         image_rows.append(pd.read_csv(folder / IMAGE_QA_FILE, dtype={"patient_id": str}))
         outputs.append(folder / RECORD)
     table = qa_table(rows, thresholds)
@@ -236,3 +240,66 @@ def run_registration(
                            config=config, cohort=cohort,
                            thresholds=thresholds, reused=tuple(reused), work_dir=work_dir,
                            cohort_dir=cohort_dir)
+
+
+def check_workers(workers: int | None, n_patients: int) -> int:
+    """Worker processes for `n_patients`: one per core by default, never more than patients."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise StsnbError(f"workers must be a whole number >= 1, got {workers!r}.")
+    return max(1, min(int(workers), n_patients))
+
+
+def _register_and_save(cohort_dir: Path, patient_id: str, cohort: CohortConfig,
+                       config: RegistrationConfig, seed: int, folder: Path,
+                       key: dict[str, Any]) -> dict[str, Any]:
+    """Register one patient and save its outputs (record last); return its QA row."""
+    result = register_patient(patient_inputs(cohort_dir, patient_id, cohort), config, seed)
+    save_patient(result, folder, key)
+    return result.qa
+
+
+def _worker_threads(threads: int) -> None:
+    """Worker start-up: SimpleITK on `threads` threads, one BLAS thread."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return
+    threadpool_limits(limits=1)
+
+
+def _register_all(todo: list[str], cohort_dir: Path, cohort: CohortConfig,
+                  config: RegistrationConfig, seed: int, work_dir: Path,
+                  keys: dict[str, dict[str, Any]], workers: int,
+                  progress: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(patient, QA row) of each patient of `todo`, registered and saved, `workers` at a time.
+
+    Each patient is saved by the process that registered it, so a failure or an interruption
+    keeps every patient finished before it; the first failure cancels the patients not
+    started and is raised as it is (it names the patient and the file)."""
+    bar = tqdm(total=len(todo), desc="registration", unit="patient", disable=not progress)
+    with bar:
+        if workers <= 1:
+            for pid in todo:
+                bar.set_postfix_str(pid)
+                yield pid, _register_and_save(cohort_dir, pid, cohort, config, seed,
+                                              patient_dir(work_dir, pid), keys[pid])
+                bar.update()
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                 initializer=_worker_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(_register_and_save, cohort_dir, pid, cohort, config, seed,
+                                   patient_dir(work_dir, pid), keys[pid]): pid for pid in todo}
+            try:
+                for future in as_completed(futures):
+                    pid = futures[future]
+                    bar.set_postfix_str(pid)
+                    yield pid, future.result()
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
