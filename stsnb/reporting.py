@@ -188,7 +188,7 @@ def data_sources(f: RunFacts) -> str:
 
 def eligibility(f: RunFacts) -> str:
     reasons = f.cohort.loc[~f.cohort["included"], "exclusion_reason"].value_counts()
-    excluded = "; ".join(f"{r}: {n}" for r, n in reasons.items()) or "none"
+    excluded = ", ".join(f"{r} ({n})" for r, n in reasons.items()) or "none"
     return (f"The study's criteria (the CT, every declared image, the GTV, a known outcome and "
             f"follow-up): {int(f.cohort['included'].sum())} of {len(f.cohort)} screened patients "
             f"included. Excluded: {excluded}.")
@@ -217,8 +217,8 @@ def sample_size(f: RunFacts) -> str:
     inc = f.included
     events = int(inc["label"].astype(int).sum())
     return (f"No sample-size calculation: every eligible patient was used ({_events(inc)}); "
-            f"{events} events for a model of {f.profile.training.folds}-fold cross-validation "
-            "is small, which the permutation tests and confidence intervals make visible.")
+            f"{events} events over {f.profile.training.folds} test folds is small, which the "
+            "permutation tests and the confidence intervals make visible.")
 
 
 def missing_data(f: RunFacts) -> str:
@@ -231,10 +231,15 @@ def missing_data(f: RunFacts) -> str:
             "baseline imputes the training patients' median (one-hot for categories).")
 
 
-def partitioning(f: RunFacts) -> str:
-    folds = f.best.groupby("fold").agg(patients=("patient_id", "nunique"))
+def _fold_counts(f: RunFacts) -> pd.DataFrame:
+    """Test patients and events per fold of the explained run."""
     per_patient = patient_predictions(f.best)
-    folds["events"] = per_patient.groupby("fold")["label"].sum()
+    return per_patient.groupby("fold").agg(patients=("patient_id", "size"),
+                                           events=("label", "sum"))
+
+
+def partitioning(f: RunFacts) -> str:
+    folds = _fold_counts(f)
     return (f"{f.profile.training.folds}-fold cross-validation with patient-grouped, "
             "outcome-stratified folds (scikit-learn StratifiedGroupKFold); every patient is "
             "tested exactly once; early stopping on "
@@ -296,10 +301,12 @@ def training(f: RunFacts) -> str:
 
 def final_model(f: RunFacts) -> str:
     row = _best_significance(f)
-    corrected = (f"; corrected for that choice, p = {row.p_best_corrected:.3f} "
-                 f"({int(row.n_permutations)} permutations)" if row is not None else "")
+    test = (f"; the linear head's permutation test on the same combination: p = "
+            f"{row.p_value:.3f} ({int(row.n_permutations)} permutations)"
+            if row is not None else "")
     return (f"The combination with the highest patient-level AUC by the FC head (the study's "
-            f"head): {f.best_combo} ({f.best_name}){corrected}.")
+            f"head), fixed before the later chapters: {f.best_combo} ({f.best_name}){test}; "
+            "the best of the ten is corrected for being chosen in chapter 05's table.")
 
 
 def _best_significance(f: RunFacts):
@@ -386,7 +393,14 @@ def characteristics(f: RunFacts) -> str:
 
 
 def events_per_analysis(f: RunFacts) -> str:
-    return partitioning(f).split("; test patients per fold ")[-1].split(". No resampling")[0]
+    folds = _fold_counts(f)
+    n, events = int(folds["patients"].sum()), int(folds["events"].sum())
+    parts = "; ".join(f"fold {k}: {int(r.patients)} test patients ({int(r.events)} events), "
+                      f"trained on {n - int(r.patients)} ({events - int(r.events)} events)"
+                      for k, r in folds.iterrows())
+    return (f"Patient split, {len(folds)} folds of {n} patients with {events} events: {parts}. "
+            "Each training set gives up a share of its patients for early stopping (FC head) "
+            "or inner folds (linear head, radiomics).")
 
 
 def performance(f: RunFacts) -> str:

@@ -403,3 +403,31 @@ def test_worker_refuses_to_leave_out_an_unknown_feature(computed, tmp_path):
     with pytest.raises(RadiomicsError, match=r"cannot leave out morph_not_a_feature: not a "
                                              r"morphology feature of MIRP 2\.7\.0"):
         radiomics_stage.run_worker(request, scratch, lambda *a: None)
+
+
+def test_patients_are_dealt_to_workers_round_robin():
+    assert radiomics_stage.worker_chunks(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"],
+                                                                          ["b", "d"]]
+    assert radiomics_stage.worker_chunks(["a"], 4) == [["a"]]
+    assert radiomics_stage.worker_chunks([], 2) == []
+
+
+@needs_env
+def test_workers_in_parallel_give_the_same_features(computed, tmp_path, monkeypatch):
+    """Three patients over two worker processes at once: each worker gets its own request and
+    the features equal those of one worker."""
+    cohort, work = _copy(computed, tmp_path)
+    for record in (work / "radiomics").glob("*/record.json"):
+        record.unlink()
+    real_worker = radiomics_stage.run_worker
+    requested: list[list[str]] = []
+
+    def spy(request, *args, **kwargs):
+        requested.append([p["patient_id"] for p in request["patients"]])
+        return real_worker(request, *args, **kwargs)
+
+    monkeypatch.setattr(radiomics_stage, "run_worker", spy)
+    parallel = run_radiomics(cohort, work, "quick", progress=False, workers=2)
+    assert sorted(map(len, requested)) == [1, 2]
+    assert sorted(p for r in requested for p in r) == sorted(SHAPES)
+    pd.testing.assert_frame_equal(parallel.features, computed["run"].features)

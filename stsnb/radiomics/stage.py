@@ -15,12 +15,15 @@ failure keeps the patients finished before it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +214,43 @@ def run_worker(request: dict[str, Any], scratch: Path,
             "run `make env`.")
 
 
+def worker_chunks(patients: list[str], workers: int | None = None) -> list[list[str]]:
+    """`patients` dealt round-robin to at most `workers` workers (default one per core).
+
+    >>> worker_chunks(["a", "b", "c", "d", "e"], 2)
+    [['a', 'c', 'e'], ['b', 'd']]
+    """
+    n = max(1, min(int(workers or os.cpu_count() or 1), len(patients)))
+    return [patients[i::n] for i in range(n)] if patients else []
+
+
+def run_workers(requests: list[dict[str, Any]], parent: Path,
+                on_done: Callable[[dict[str, Any], pd.DataFrame], None],
+                python: Path | None = None) -> None:
+    """One worker process per request, at once, each in its own scratch folder under `parent`;
+    `on_done` is called under a lock as each patient finishes (its files saved at once, so a
+    failure keeps every patient done). The first worker's error is raised after the others
+    have finished."""
+    parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    def locked(done: dict[str, Any], table: pd.DataFrame) -> None:
+        with lock:
+            on_done(done, table)
+
+    def one(request: dict[str, Any]) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix=".worker-", dir=parent))
+        try:
+            run_worker(request, scratch, locked, python)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(requests))) as pool:
+        futures = [pool.submit(one, request) for request in requests]
+    for future in futures:
+        future.result()
+
+
 def _check_features(features: pd.DataFrame, inputs: RadiomicsInputs) -> None:
     missing = [m for m in inputs.images if m not in set(features["image"])]
     if list(features.columns) != list(COLUMNS) or missing:
@@ -253,6 +293,7 @@ def run_radiomics(
     seed: int = 0,
     progress: bool = True,
     patients: list[str] | None = None,
+    workers: int | None = None,
 ) -> RadiomicsRun:
     """Compute (or reuse) the GTV's features in every declared image for the final patients
     (``registration/patients.csv``, or `patients`) and write ``radiomics/features.csv``.
@@ -260,7 +301,8 @@ def run_radiomics(
     Of `profile` only ``radiomics.spatial_autocorrelation`` changes the features (quick and smoke
     leave out Moran's I and Geary's C, see RadiomicsConfig); `seed` does not. Bad
     input raises RadiomicsError naming the patient, the image and the file; it is checked for
-    every patient to compute before the worker starts.
+    every patient to compute before the worker starts. `workers`: worker processes computing
+    patients at once (default: one per core; each patient's features do not depend on it).
     """
     cohort_dir = Path(cohort_dir)
     work_dir = ensure_writable_dir(work_dir)
@@ -296,13 +338,9 @@ def run_radiomics(
 
     try:
         if todo:
-            radiomics_dir(work_dir).mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix=".worker-", dir=radiomics_dir(work_dir)))
-            try:
-                run_worker(worker_request([inputs[p] for p in todo], leave_out), scratch, on_done,
-                           python)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+            run_workers([worker_request([inputs[p] for p in chunk], leave_out)
+                         for chunk in worker_chunks(todo, workers)],
+                        radiomics_dir(work_dir), on_done, python)
     finally:
         bar.close()
     unfinished = [pid for pid in todo if pid not in features]

@@ -251,10 +251,13 @@ def check_workers(workers: int | None, n_patients: int) -> int:
     return max(1, min(int(workers), n_patients))
 
 
-def _register_and_save(cohort_dir: Path, patient_id: str, cohort: CohortConfig,
+def _register_and_save(cohort_dir: Path, patient_id: str, cohort: CohortConfig | None,
                        config: RegistrationConfig, seed: int, folder: Path,
                        key: dict[str, Any]) -> dict[str, Any]:
-    """Register one patient and save its outputs (record last); return its QA row."""
+    """Register one patient and save its outputs (record last); return its QA row. A worker
+    process gets `cohort` None and reads cohort.toml itself (the parsed form does not pickle);
+    the patient's key, checked by the parent, holds the hashes of every input."""
+    cohort = cohort if cohort is not None else read_cohort_config(cohort_dir)
     result = register_patient(patient_inputs(cohort_dir, patient_id, cohort), config, seed)
     save_patient(result, folder, key)
     return result.qa
@@ -292,7 +295,7 @@ def _register_all(todo: list[str], cohort_dir: Path, cohort: CohortConfig,
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                  initializer=_worker_threads, initargs=(threads,)) as pool:
-            futures = {pool.submit(_register_and_save, cohort_dir, pid, cohort, config, seed,
+            futures = {pool.submit(_register_and_save, cohort_dir, pid, None, config, seed,
                                    patient_dir(work_dir, pid), keys[pid]): pid for pid in todo}
             try:
                 for future in as_completed(futures):
