@@ -84,7 +84,7 @@ def main() -> None:
     print(f"{len(ids)} patients, profile {profile.name}, overrides {args.set or 'none'}, "
           f"{args.workers} worker(s), SimpleITK threads {threads}, {os.cpu_count()} CPUs")
     started_all = time.perf_counter()
-    jobs = [(cohort_dir, cohort, config, pid, args.seed) for pid in ids]
+    jobs = [(cohort_dir, config, pid, args.seed) for pid in ids]
     if args.workers > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_threads,
@@ -122,7 +122,8 @@ def _threads(threads: int) -> None:
 
 def _one(job) -> dict:
     """One patient as the stage registers it: its QA columns, wall and CPU seconds."""
-    cohort_dir, cohort, config, pid, seed = job
+    cohort_dir, config, pid, seed = job
+    cohort = read_cohort_config(cohort_dir)  # its parsed form does not pickle
     started_cpu = cpu_seconds()
     started = time.perf_counter()
     result = register_patient(patient_inputs(cohort_dir, pid, cohort), config, seed)
