@@ -284,7 +284,8 @@ def write_too_small_page(generated: Path, chapter: str, shortfall: str, profile:
         stale.unlink(missing_ok=True)
     title = {"04_training": "04 Training", "05_cv_results": "05 Cross-validated results",
              "05b_radiomics": "05b Radiomics baseline", "08_controls": "Controls",
-             "06_gradcam": "06 Grad-CAM"}[chapter]
+             "06_gradcam": "06 Grad-CAM",
+             "09_reporting": "Reporting checklist: TRIPOD+AI and CLAIM 2024"}[chapter]
     text = (f"# {title}: not run, the cohort is too small\n\n"
             f"The {resolved.name} profile cross-validates over {resolved.training.folds} "
             "patient-grouped folds, stratified by outcome: each fold's test set needs patients "

@@ -75,3 +75,12 @@ def test_no_failure_and_bad_n_are_said_plainly():
     assert "nothing to analyse" in failures.failure_summary(worst, 5)
     with pytest.raises(StsnbError, match="n >= 1"):
         failures.worst_patients(right, n=0)
+
+
+def test_every_cross_validated_chapter_has_a_too_small_page(tmp_path):
+    from stsnb.book import CHAPTERS, CV_CHAPTERS, write_too_small_page
+
+    assert "09_reporting" in CV_CHAPTERS and CHAPTERS[-1] == "09_reporting"
+    for chapter in CV_CHAPTERS:
+        page = write_too_small_page(tmp_path, chapter, "3 patients.", "smoke").read_text()
+        assert "too small" in page and "3 patients" in page
