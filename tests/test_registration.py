@@ -257,7 +257,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(cohort: Path, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("reg") / "work"
     return run_registration(cohort, work, TEST_PROFILE, seed=0, patients=["PH01", "PH02"],
-                            progress=False)
+                            progress=False, workers=2)
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -318,6 +318,21 @@ def test_stage_writes_qa_and_per_patient_outputs(run) -> None:
     assert {"rigid", "deformable"} <= set(history["step"]) and len(history) > 10
     assert not list(folder.glob(".*.tmp*"))  # atomic writes leave no temporary file
     assert json.loads((run.work_dir / "registration" / "stage.json").read_text())["outputs"]
+
+
+def test_results_do_not_depend_on_the_number_of_workers(cohort: Path, run,
+                                                        tmp_path: Path) -> None:
+    """Both patients in this process (one worker) give exactly what two worker processes
+    gave: each patient is registered on one SimpleITK thread wherever it runs."""
+    import SimpleITK as sitk
+
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    alone = run_registration(cohort, tmp_path / "work", TEST_PROFILE, seed=0,
+                             patients=["PH01", "PH02"], progress=False, workers=1)
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads  # restored
+    columns = ["patient_id", "tre_rigid_mm", "tre_deformable_mm", "dice_rigid",
+               "dice_deformable", "min_jacobian"]
+    pd.testing.assert_frame_equal(alone.qa[columns], run.qa[columns], check_exact=True)
 
 
 def test_rerun_reuses_outputs_and_settings_change_redoes_them(cohort: Path, run) -> None:
