@@ -269,7 +269,7 @@ def summarize_deformation(bspline: sitk.Transform, region: sitk.Image,
     norms = np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1)
     inside = np.ones(values.shape, dtype=bool)
     if moving is not None and rigid is not None:
-        inside = sitk.GetArrayViewFromImage(coverage_on_grid(moving, jacobian, rigid)) > 0
+        inside = sitk.GetArrayFromImage(coverage_on_grid(moving, jacobian, rigid)) > 0
         inside = inside if inside.any() else np.ones(values.shape, dtype=bool)
     summary = {"min_jacobian": float(values[inside].min()),
                "max_displacement_mm": float(norms[inside].max())}

@@ -184,7 +184,7 @@ def bone_check(ct: sitk.Image, image: sitk.Image, gtv: sitk.Image,
         move = sitk.TranslationTransform(3, shift)
         placed.append(sitk.GetArrayFromImage(sitk.Resample(
             image, ct_crop, move, sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
-        inside &= sitk.GetArrayViewFromImage(sitk.Resample(
+        inside &= sitk.GetArrayFromImage(sitk.Resample(  # a copy: never view a temporary
             ones, ct_crop, move, sitk.sitkNearestNeighbor, 0)) > 0
     ratios = [cortex_ratio(hu, values, inside) for values in placed]
     scanner, n = ratios[0]

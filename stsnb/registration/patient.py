@@ -116,7 +116,8 @@ def _gtv_coverage(mr: sitk.Image, gtv: sitk.Image, transform: sitk.Transform) ->
     if box is None:
         return math.nan
     region = crop(gtv, box)
-    covered = sitk.GetArrayViewFromImage(coverage_on_grid(mr, region, transform)) > 0
+    # a copy: a view of a temporary image would read freed memory once it is collected
+    covered = sitk.GetArrayFromImage(coverage_on_grid(mr, region, transform)) > 0
     inside = sitk.GetArrayViewFromImage(region) > 0
     return float(np.logical_and(covered, inside).sum() / inside.sum())
 
