@@ -15,7 +15,6 @@ failure keeps the patients finished before it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -46,6 +45,7 @@ from ..store import (
     write_csv_atomic,
     write_json_atomic,
 )
+from ..workers import worker_count
 from .environment import WORKER, library_versions, radiomics_python
 from .errors import RadiomicsError
 from .inputs import RadiomicsInputs, check_inputs, radiomics_inputs
@@ -220,7 +220,7 @@ def worker_chunks(patients: list[str], workers: int | None = None) -> list[list[
     >>> worker_chunks(["a", "b", "c", "d", "e"], 2)
     [['a', 'c', 'e'], ['b', 'd']]
     """
-    n = max(1, min(int(workers or os.cpu_count() or 1), len(patients)))
+    n = worker_count(workers, len(patients))
     return [patients[i::n] for i in range(n)] if patients else []
 
 

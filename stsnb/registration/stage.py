@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -45,6 +44,7 @@ from ..store import (
     write_csv_atomic,
     write_json_atomic,
 )
+from ..workers import single_blas_thread, worker_count
 from .inputs import PatientInputs, patient_inputs
 from .patient import IMAGE_QA_COLUMNS, PatientRegistration, register_patient
 from .qa import QAThresholds, qa_table, read_qa
@@ -223,7 +223,7 @@ def run_registration(
     reused = [pid for pid in ids if saved[pid] is not None]
     todo = [pid for pid in ids if saved[pid] is None]
     computed = dict(_register_all(todo, cohort_dir, cohort, config, seed, work_dir, keys,
-                                  check_workers(workers, len(todo)), progress))
+                                  worker_count(workers, len(todo)), progress))
     rows, image_rows, outputs = [], [], []
     for pid in ids:
         folder = patient_dir(work_dir, pid)
@@ -247,15 +247,6 @@ def run_registration(
                            cohort_dir=cohort_dir)
 
 
-def check_workers(workers: int | None, n_patients: int) -> int:
-    """Worker processes for `n_patients`: one per core by default, never more than patients."""
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
-        raise StsnbError(f"workers must be a whole number >= 1, got {workers!r}.")
-    return max(1, min(int(workers), n_patients))
-
-
 def _register_and_save(cohort_dir: Path, patient_id: str, cohort: CohortConfig | None,
                        config: RegistrationConfig, seed: int, folder: Path,
                        key: dict[str, Any]) -> dict[str, Any]:
@@ -271,11 +262,7 @@ def _register_and_save(cohort_dir: Path, patient_id: str, cohort: CohortConfig |
 def _worker_threads(threads: int) -> None:
     """Worker start-up: SimpleITK on `threads` threads, one BLAS thread."""
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return
-    threadpool_limits(limits=1)
+    single_blas_thread()
 
 
 def _register_all(todo: list[str], cohort_dir: Path, cohort: CohortConfig,

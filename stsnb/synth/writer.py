@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from ..errors import ConfigError
 from ..modalities import KNOWN_MODALITIES, MR_MODALITIES, STUDY_MODALITIES
+from ..workers import single_blas_thread, worker_count
 from . import anatomy
 from .outcome import FACTORS, INTERCEPT, NOISE_SD
 from .plan import CT_FRAME_KINDS, check_mr_frame, plan_patients
@@ -81,15 +82,6 @@ def check_modalities(modalities: Iterable[str] | str | None) -> tuple[str, ...]:
         raise ConfigError(f"Modalities {list(mods)}: a combination needs three images; "
                           "give at least three.")
     return mods
-
-
-def check_workers(workers: int | None) -> int:
-    """Worker processes: ``os.cpu_count()`` for None, else a whole number >= 1."""
-    if workers is None:
-        return os.cpu_count() or 1
-    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
-        raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}.")
-    return int(workers)
 
 
 def _and_list(items: list[str]) -> str:
@@ -281,16 +273,6 @@ def cohort_toml(n_patients: int, seed: int,
             + f"same_frame_as_ct = [{same}]\n")
 
 
-def _single_threaded_worker() -> None:
-    """Worker start-up: one BLAS thread per process (idle BLAS threads spin and would take the
-    cores the other workers need)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return
-    threadpool_limits(limits=1)
-
-
 def _write_all(plans: list[PatientPlan], out: Path, modalities: tuple[str, ...], workers: int,
                progress: bool) -> None:
     """Write every patient, in ``workers`` processes (spawned: safe from any parent)."""
@@ -305,7 +287,7 @@ def _write_all(plans: list[PatientPlan], out: Path, modalities: tuple[str, ...],
             return
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(plans)), mp_context=context,
-                                 initializer=_single_threaded_worker) as pool:
+                                 initializer=single_blas_thread) as pool:
             futures = [pool.submit(write_patient, plan, out, modalities) for plan in plans]
             try:
                 for future in as_completed(futures):
@@ -338,7 +320,7 @@ def make_synthetic_cohort(out_dir: str | Path, n_patients: int = 72, seed: int =
     register). Every other file, clinical.csv included, is the same for both.
     """
     mods = check_modalities(modalities)
-    n_workers = check_workers(workers)
+    n_workers = worker_count(workers)
     check_mr_frame(mr_frame)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
