@@ -22,8 +22,16 @@ DEVICE ?= auto
 WEIGHTS ?= auto
 BACKBONE ?= auto
 COMBOS ?=
+# where chapter 04's pages run: local (one after the other), processes (JOBS at once here) or
+# slurm (SLURM jobs through submitit, settings in SLURM_CONFIG, a TOML file)
+EXECUTOR ?= local
+JOBS ?=
+SLURM_CONFIG ?=
+EXECUTOR_ARGS = --executor $(EXECUTOR) $(if $(JOBS),--jobs $(JOBS),) \
+    $(if $(SLURM_CONFIG),--slurm-config $(SLURM_CONFIG),)
 RUN_ARGS = --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) --profile $(PROFILE) \
-    --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS) --backbone $(BACKBONE)
+    --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS) --backbone $(BACKBONE) \
+    $(EXECUTOR_ARGS)
 
 .PHONY: env data book run train lab test lint check-notebooks browser clean
 
@@ -63,10 +71,12 @@ run: env
 
 ## Chapter 04 only, one papermill run per combination (COMBOS="1 9"; default all ten),
 ## resuming: combinations already done with the same configuration are skipped.
+## EXECUTOR=processes JOBS=2 runs two pages at once; EXECUTOR=slurm SLURM_CONFIG=slurm.toml
+## submits them to SLURM (see the README).
 train: env
 	$(PY) -m stsnb.batch --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
 	    --profile $(PROFILE) --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS) \
-	    --backbone $(BACKBONE) $(if $(COMBOS),--combos $(COMBOS),)
+	    --backbone $(BACKBONE) $(EXECUTOR_ARGS) $(if $(COMBOS),--combos $(COMBOS),)
 
 ## JupyterLab on the notebooks, with the project's environment.
 lab: env

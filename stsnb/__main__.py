@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import StsnbError
+from .jobs import add_executor_arguments
 from .store import write_json_atomic
 
 #: Written after a complete generation: (patients, seed, version; the images and the MR frame
@@ -48,9 +49,12 @@ def _run(args: argparse.Namespace) -> None:
 
     chapters = tuple(args.chapters) if args.chapters else CHAPTERS
     combos = tuple(args.combos) if args.combos else None
+    from .jobs import executor_choice
+
     run_chapters(args.cohort_dir, args.work_dir, args.profile, args.seed, chapters,
                  combos=combos, device=args.device, weights=args.weights,
-                 backbone=args.backbone)
+                 backbone=args.backbone, executor=executor_choice(args),
+                 dry_run=args.dry_run)
 
 
 def _book(args: argparse.Namespace) -> None:
@@ -58,6 +62,8 @@ def _book(args: argparse.Namespace) -> None:
 
     if not args.build_only:
         _run(args)
+    if args.dry_run:
+        return
     index = build_book(args.work_dir)
     print(f"[stsnb] book built: {index}")
 
@@ -129,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute the chapters with papermill")
     _add_run_arguments(run)
+    add_executor_arguments(run)
     run.add_argument("--chapters", nargs="*", help="notebook names (default: all, in order)")
     run.set_defaults(func=_run)
 
     book = sub.add_parser("book", help="execute the chapters, then build the HTML book")
     _add_run_arguments(book)
+    add_executor_arguments(book)
     book.add_argument("--chapters", nargs="*", help="notebook names (default: all, in order)")
     book.add_argument("--build-only", action="store_true", help="only build from executed ones")
     book.set_defaults(func=_book)

@@ -6,6 +6,12 @@ Each run executes ``notebooks/04_training.ipynb`` into the book's generated fold
 is newer than them, is skipped, so a rerun resumes where the last one stopped.
 
     python -m stsnb.batch --cohort-dir data/synthetic --work-dir work --combos 1 9
+    python -m stsnb.batch --executor processes --jobs 2
+    python -m stsnb.batch --executor slurm --slurm-config slurm.toml --dry-run
+
+The pages run one after the other in this process (`--executor local`, the default), N at once
+in processes of this machine (`processes`) or as SLURM jobs (`slurm`, through submitit): see
+`stsnb.jobs`.
 """
 
 from __future__ import annotations
@@ -13,16 +19,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
-from .book import book_root, execute_chapter, notebook_errors, prepare_book_root
+from .book import book_root, notebook_errors, prepare_book_root
 from .combinations import Combination, combinations_for, resolve_combo
 from .config import PROFILES, Profile, resolve_profile
 from .errors import ConfigError, StsnbError
 from .features import SliceSource
 from .folds import SPLITS, check_split
+from .jobs import (
+    ExecutorChoice,
+    PageJob,
+    add_executor_arguments,
+    execute_jobs,
+    executor_choice,
+    merge_leftover_records,
+)
 from .linear_runs import linear_done
 from .plots.training import combination_label
 from .results import auc_order, patient_aucs, split_predictions
@@ -91,9 +106,19 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
                        combos: Sequence[int | str] | None = None,
                        splits: Sequence[str] | None = None, device: str = "auto",
                        weights: str = "auto", precision: str = "auto",
-                       backbone: str = "auto") -> list[Path]:
-    """Execute chapter 04 (both heads) for each (combination, split); return the notebooks."""
+                       backbone: str = "auto", executor: ExecutorChoice | None = None,
+                       dry_run: bool = False) -> list[Path]:
+    """Execute chapter 04 (both heads) for each (combination, split); return the notebooks.
+
+    `executor` says where the pages run (default: here, one after the other); `dry_run` only
+    prints the pages that would run and those that would be skipped.
+    """
+    executor = executor or ExecutorChoice()
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
+    merged = merge_leftover_records(work_dir, executor.name)
+    if merged:
+        print(f"[stsnb] merged the records of {merged} job(s) finished in an earlier batch",
+              flush=True)
     resolved = resolve_profile(profile)
     store = open_slices(work_dir, resolved)
     generated = prepare_book_root(book_root(work_dir))
@@ -102,53 +127,93 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
     jobs = training_jobs(resolved, modalities, combos, splits)
     options = {"device": device, "weights": weights_arg, "precision": precision,
                "backbone": backbone}
-    outputs = _run_jobs(jobs, cohort_dir, work_dir, profile, resolved, store, generated, seed,
-                        options)
+    batch = _Batch(cohort_dir, work_dir, profile, resolved, store, generated, seed, options,
+                   executor, dry_run)
+    outputs = batch.run(jobs)
     if splits is None and resolved.training.control_combos == EXTREMES:
         numbers = [n for n, _ in jobs]
-        ranked = auc_order(patient_aucs(split_predictions(work_dir, "patient", numbers)))
+        try:
+            ranked = auc_order(patient_aucs(split_predictions(work_dir, "patient", numbers)))
+        except (StsnbError, OSError, ValueError):
+            if not dry_run:
+                raise
+            print("[stsnb] would then run the controls for the best and the worst combination "
+                  "by patient-level AUC (known once the patient split has run)", flush=True)
+            return outputs
         controls = [job for job in training_jobs(resolved, modalities, combos, None, ranked)
                     if job[1] != "patient"]
         print(f"[stsnb] controls for the best and the worst combination by patient-level AUC: "
               f"{sorted({n for n, _ in controls})}", flush=True)
-        outputs += _run_jobs(controls, cohort_dir, work_dir, profile, resolved, store, generated,
-                             seed, options)
+        outputs += batch.run(controls)
     return outputs
 
 
-def _run_jobs(jobs: Sequence[tuple[int, str]], cohort_dir: str | Path, work_dir: Path,
-              profile: str, resolved: Profile, store: SliceSource, generated: Path, seed: int,
-              options: dict[str, str]) -> list[Path]:
-    """Execute chapter 04 for each job unless its runs (both heads) and notebook are current.
+@dataclass(frozen=True)
+class _Batch:
+    """What every page of one batch shares; `options`: device, weights, precision and
+    backbone, as chapter 04's parameters."""
 
-    `options`: device, weights, precision and backbone, as chapter 04's parameters.
-    """
-    outputs = []
-    for number, split in jobs:
+    cohort_dir: str | Path
+    work_dir: Path
+    profile: str
+    resolved: Profile
+    store: SliceSource
+    generated: Path
+    seed: int
+    options: dict[str, str]
+    executor: ExecutorChoice
+    dry_run: bool
+
+    def is_current(self, number: int, split: str) -> bool:
+        """True when the page's runs (both heads) and its executed notebook are current."""
+        target = self.generated / f"{notebook_name(number, split)}.ipynb"
+        record = run_dir(self.work_dir, split, number) / RUN_RECORD
+        options = self.options
+        return bool(target.exists() and record.exists()
+                    and target.stat().st_mtime >= record.stat().st_mtime
+                    and not notebook_errors(target)
+                    and is_done(self.store, self.work_dir, self.resolved, number, split,
+                                self.seed, options["device"], options["weights"],
+                                options["precision"], options["backbone"])
+                    and linear_done(self.store, self.work_dir, self.resolved, number, split,
+                                    self.seed))
+
+    def page_job(self, number: int, split: str) -> PageJob:
+        """The job that executes one page with this batch's executor."""
         name = notebook_name(number, split)
-        target = generated / f"{name}.ipynb"
-        record = run_dir(work_dir, split, number) / RUN_RECORD
-        if (target.exists() and record.exists()
-                and target.stat().st_mtime >= record.stat().st_mtime
-                and not notebook_errors(target)
-                and is_done(store, work_dir, resolved, number, split, seed, options["device"],
-                            options["weights"], options["precision"], options["backbone"])
-                and linear_done(store, work_dir, resolved, number, split, seed)):
-            print(f"[stsnb] {name}: done with this configuration, skipped", flush=True)
-            outputs.append(target)
-            continue
-        print(f"[stsnb] executing {CHAPTER} (combination {number}, {split} split) -> {target}",
-              flush=True)
-        parameters = {"cohort_dir": str(Path(cohort_dir).resolve()), "work_dir": str(work_dir),
-                      "profile": profile, "seed": int(seed), "combo": int(number),
-                      "split": split, **options, "head": "both", "progress": False}
-        combination = resolve_combo(number, tuple(store.modalities))
-        executed = execute_chapter(CHAPTER, generated, parameters, work_dir, stage_name=name,
-                                   run=f"combination {number} ({combination.name}), {split} "
-                                   "split")
-        retitle(executed, page_title(combination, split))
-        outputs.append(executed)
-    return outputs
+        combination = resolve_combo(number, tuple(self.store.modalities))
+        parameters = {"cohort_dir": str(Path(self.cohort_dir).resolve()),
+                      "work_dir": str(self.work_dir), "profile": self.profile,
+                      "seed": int(self.seed), "combo": int(number), "split": split,
+                      **self.options, "head": "both", "progress": False}
+        own_records = self.executor.name != "local"
+        return PageJob(name=name, combo=int(number), split=split,
+                       run=f"combination {number} ({combination.name}), {split} split",
+                       title=page_title(combination, split), chapter=CHAPTER,
+                       generated=str(self.generated), work_dir=str(self.work_dir),
+                       parameters=parameters, threads=self.executor.threads_per_job(),
+                       job_dir=str(self.work_dir / "jobs" / name) if own_records else None)
+
+    def run(self, jobs: Sequence[tuple[int, str]]) -> list[Path]:
+        """Execute every page of `jobs` that is not current (skipped ones are listed)."""
+        outputs, pending = [], []
+        for number, split in jobs:
+            name = notebook_name(number, split)
+            if self.is_current(number, split):
+                print(f"[stsnb] {name}: done with this configuration, skipped", flush=True)
+                outputs.append(self.generated / f"{name}.ipynb")
+                continue
+            pending.append(self.page_job(number, split))
+            verb = "would execute" if self.dry_run else "to execute"
+            print(f"[stsnb] {verb} {CHAPTER} ({pending[-1].run}) -> {name}.ipynb", flush=True)
+        if self.dry_run or not pending:
+            return outputs
+        print(f"[stsnb] {len(pending)} page(s) on the {self.executor.name} executor "
+              f"({self.executor.jobs} at once, {self.executor.threads_per_job()} thread(s) "
+              "each)" if self.executor.name != "local" else
+              f"[stsnb] {len(pending)} page(s), one after the other", flush=True)
+        outcomes = execute_jobs(pending, self.executor, self.work_dir)
+        return outputs + [Path(o.executed) for o in outcomes]
 
 
 SPLIT_TITLES = {"patient": "patient split", "slice": "slice split (the study's)",
@@ -185,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--backbone", default="auto", help="auto | vgg19 | vgg16")
+    add_executor_arguments(parser)
     args = parser.parse_args(argv)
     try:
         run_training_batch(args.cohort_dir, args.work_dir, args.profile, args.seed,
                            args.combos or None, args.splits or None, args.device,
-                           args.weights, args.precision, args.backbone)
+                           args.weights, args.precision, args.backbone,
+                           executor=executor_choice(args), dry_run=args.dry_run)
     except StsnbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

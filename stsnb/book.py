@@ -215,11 +215,15 @@ def run_chapters(
     device: str = "auto",
     weights: str = "auto",
     backbone: str = "auto",
+    executor: Any = None,
+    dry_run: bool = False,
 ) -> list[Path]:
     """Execute each chapter in order for one cohort and work dir; return the executed notebooks.
 
     Chapter 04 runs as a batch: every combination (or `combos`) under the patient split, then
     the controls the profile asks for; runs already done with the same configuration are kept.
+    `executor` (`stsnb.jobs.ExecutorChoice`) says where its pages run (default: here, one after
+    the other); every other chapter runs here, after them. `dry_run` prints what would run.
     """
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
     generated = prepare_book_root(book_root(work_dir))
@@ -249,7 +253,11 @@ def run_chapters(
             from .batch import run_training_batch
 
             outputs += run_training_batch(cohort_dir, work_dir, profile, seed, combos=combos,
-                                          device=device, weights=weights, backbone=backbone)
+                                          device=device, weights=weights, backbone=backbone,
+                                          executor=executor, dry_run=dry_run)
+            continue
+        if dry_run:
+            print(f"[stsnb] would execute {name}", flush=True)
             continue
         extra = {"device": device} if name == "06_gradcam" else {}
         print(f"[stsnb] executing {name} -> {generated / (name + '.ipynb')}", flush=True)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import __version__
 from .config import Profile
-from .store import cohort_checksum, write_json_atomic
+from .store import cohort_checksum, job_dir, read_json, write_json_atomic
 
 MANIFEST = "manifest.json"
 #: Packages whose versions can change a result or a figure.
@@ -101,13 +101,26 @@ def display_path(path: str | Path) -> str:
         return target.name
 
 
+#: Manifest entries that are tables keyed by stage, run or job: merged key by key.
+MERGED_KEYS = ("stages", "runs", "jobs")
+
+
+def merge_manifest(manifest: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` with `changes` applied: MERGED_KEYS entry by entry, any other key replaced."""
+    for key, value in changes.items():
+        if key in MERGED_KEYS and isinstance(value, dict):
+            manifest.setdefault(key, {}).update(value)
+        else:
+            manifest[key] = value
+    return manifest
+
+
 def read_manifest(work_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a work dir, or an empty dict when none exists yet."""
-    path = Path(work_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    """The manifest of a work dir, or an empty dict when none exists yet (inside a batch job:
+    with the entries that job has recorded so far)."""
+    manifest = read_json(Path(work_dir) / MANIFEST)
+    own = job_dir()
+    return merge_manifest(manifest, read_json(own / MANIFEST)) if own is not None else manifest
 
 
 def update_manifest(
@@ -133,9 +146,8 @@ def update_manifest(
     CPU's measured fp32 and bf16 throughputs and the precision chosen from them
     (`stsnb.precision.PrecisionChoice.as_dict`).
     """
-    manifest = read_manifest(work_dir)
-    manifest.update(
-        {
+    changes: dict[str, Any] = {
+        **{
             "code_version": code_version(),
             "python": platform.python_version(),
             "platform": f"{platform.system()} {platform.machine()}",
@@ -147,11 +159,11 @@ def update_manifest(
             "cohort_dir": display_path(cohort_dir),
             "cohort_sha256": cohort_sha256 or cohort_checksum(cohort_dir),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-    )
-    stages = manifest.setdefault("stages", {})
+        },
+        "stages": {},
+    }
     record = _stage_record(Path(work_dir), stage)
-    stages[stage] = {
+    changes["stages"][stage] = {
         "profile": profile.name,
         "seed": int(seed),
         "device": device,
@@ -161,11 +173,16 @@ def update_manifest(
         "finished": record.get("finished") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if weights is not None:
-        manifest["weights"] = weights
+        changes["weights"] = weights
     if runs:
-        manifest.setdefault("runs", {}).update(runs)
+        changes["runs"] = dict(runs)
     if precision_measurement is not None:
-        manifest["precision_measurement"] = precision_measurement
+        changes["precision_measurement"] = precision_measurement
+    own = job_dir()
+    if own is not None:  # a batch job records only its changes; the submitter merges them
+        write_json_atomic(own / MANIFEST, merge_manifest(read_json(own / MANIFEST), changes))
+        return read_manifest(work_dir)
+    manifest = merge_manifest(read_manifest(work_dir), changes)
     write_json_atomic(Path(work_dir) / MANIFEST, manifest)
     return manifest
 

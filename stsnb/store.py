@@ -24,6 +24,9 @@ import pandas as pd
 from .errors import StsnbError
 
 STAGE_RECORD = "stage.json"
+#: Set by a batch job (stsnb.jobs): the folder where that job writes its own timings and
+#: manifest entries, merged into the work dir's by the submitting process.
+JOB_DIR_ENV = "STSNB_JOB_DIR"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -243,9 +246,16 @@ def require_free_space(path: str | Path, need_bytes: int, what: str,
         )
 
 
+def job_dir() -> Path | None:
+    """The running batch job's own record folder (``STSNB_JOB_DIR``), None outside a job."""
+    value = os.environ.get(JOB_DIR_ENV, "")
+    return Path(value) if value else None
+
+
 def record_timing(work_dir: str | Path, stage: str, seconds: float) -> Path:
-    """Set the row of `stage` in `work_dir/timings.csv` (stage, seconds), keeping the others."""
-    path = Path(work_dir) / "timings.csv"
+    """Set the row of `stage` in `work_dir/timings.csv` (stage, seconds), keeping the others;
+    inside a batch job, in the job's own ``timings.csv`` (merged by the submitting process)."""
+    path = (job_dir() or Path(work_dir)) / "timings.csv"
     if path.exists():
         table = pd.read_csv(path)
         table = table[table["stage"] != stage]

@@ -1,0 +1,206 @@
+"""Chapter 04's pages on the three executors: two pages at once in processes give the local
+executor's predictions byte for byte; the SLURM path through submitit's local executor (the same
+job objects, run on this machine) reports a failing page by notebook, combination and cell,
+cancels what had not started, and a rerun skips the finished pages. Only the submitting process
+writes timings.csv and the manifest.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_reliability import SEED, copy_work
+
+from stsnb import batch, jobs
+from stsnb.errors import ConfigError, StsnbError
+from stsnb.jobs import ExecutorChoice, JobOutcome, SlurmSettings
+from stsnb.manifest import MANIFEST, read_manifest
+
+pytestmark = pytest.mark.smoke
+
+KWARGS = dict(profile="smoke", seed=SEED, splits=["patient"], device="cpu", weights="none",
+              precision="fp32")
+PAGES = ("04_training_combo02", "04_training_combo03")
+
+
+def generated(work: Path) -> Path:
+    return work / "jupyter_book" / "book" / "generated"
+
+
+def predictions(work: Path) -> dict[str, bytes]:
+    """Every predictions.csv of the work dir's runs (both heads), by relative path."""
+    return {p.relative_to(work).as_posix(): p.read_bytes()
+            for p in sorted((work / "runs").rglob("predictions.csv"))}
+
+
+@pytest.fixture(scope="module")
+def local_run(smoke_book, tmp_path_factory) -> Path:
+    """Combinations 2 and 3 (patient split) on the local executor, one after the other."""
+    work = copy_work(smoke_book, tmp_path_factory.mktemp("local") / "work")
+    batch.run_training_batch(smoke_book["cohort_dir"], work, combos=[2, 3], **KWARGS)
+    return work
+
+
+def test_processes_run_two_pages_at_once_with_the_local_predictions(local_run, smoke_book,
+                                                                     tmp_path):
+    work = copy_work(smoke_book, tmp_path / "work")
+    choice = ExecutorChoice("processes", jobs=2)
+    assert choice.threads_per_job() >= 1
+    out = batch.run_training_batch(smoke_book["cohort_dir"], work, combos=[2, 3],
+                                   executor=choice, **KWARGS)
+    assert [p.stem for p in out] == list(PAGES)
+    expected = predictions(local_run)
+    for combo in ("combo02", "combo03"):  # both heads, the runs and each of their folds
+        assert {f"runs/patient/{combo}/predictions.csv",
+                f"runs/patient/{combo}/linear/predictions.csv"} <= set(expected)
+    assert predictions(work) == expected
+    manifest = read_manifest(work)
+    assert manifest["executor"] == "processes"
+    entries = [manifest["jobs"][name] for name in PAGES]
+    assert all(e["ok"] and e["host"] and e["executor"] == "processes" for e in entries)
+    first, second = sorted(entries, key=lambda e: e["started"])
+    assert second["started"] < first["started"] + first["seconds"]  # they overlapped
+    assert {"patient/combo02", "patient/combo03"} <= set(manifest["runs"])
+    assert manifest["stages"]["training"]["precision"] == "fp32"
+    # the jobs' own records were merged and removed: one timings.csv, written by the submitter
+    timings = pd.read_csv(work / "timings.csv")
+    for name in PAGES:
+        assert f"chapter {name}" in set(timings["stage"])
+    assert timings["stage"].is_unique
+    for name in PAGES:
+        left = {p.name for p in (work / "jobs" / name).iterdir()}
+        assert left == {jobs.JOB_LOG}, left
+        assert "thread(s)" in (work / "jobs" / name / jobs.JOB_LOG).read_text()
+
+
+def test_slurm_jobs_through_submitit_fail_clearly_cancel_and_resume(local_run, smoke_book,
+                                                                     tmp_path, capsys):
+    """submitit's local executor runs the job objects a cluster would: combination 3 fails
+    (its run folder is a file), combination 2, not started, is cancelled; fixed, both run;
+    run again, both are skipped before submission."""
+    work = copy_work(smoke_book, tmp_path / "work")
+    config = tmp_path / "slurm.toml"
+    config.write_text('[slurm]\ncluster = "local"\ncpus_per_task = 1\ntime_min = 20\n'
+                      'mem_gb = 4\n')
+    choice = jobs.executor_choice(batch_args(["--executor", "slurm", "--slurm-config",
+                                               str(config), "--jobs", "1"]))
+    assert choice.slurm.cluster == "local" and choice.threads_per_job() == 1
+    blocker = work / "runs" / "patient" / "combo03"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    with pytest.raises(StsnbError) as caught:
+        batch.run_training_batch(smoke_book["cohort_dir"], work, combos=[3, 2],
+                                 executor=choice, **KWARGS)
+    message = str(caught.value)
+    for text in ("04_training.ipynb", "04_training_combo03", "combination 3", "patient split",
+                 "code cell", "slurm executor", "Job log:"):
+        assert text in message, (text, message)
+    assert not (generated(work) / "04_training_combo02.ipynb").exists()  # cancelled
+    assert read_manifest(work)["jobs"]["04_training_combo03"]["ok"] is False
+    blocker.unlink()
+    out = batch.run_training_batch(smoke_book["cohort_dir"], work, combos=[3, 2],
+                                   executor=choice, **KWARGS)
+    assert sorted(p.stem for p in out) == sorted(PAGES)
+    assert predictions(work) == predictions(local_run)  # 1 thread per job, same numbers
+    stamps = {p: p.stat().st_mtime_ns for p in out}
+    submitted = sorted((work / "jobs" / "slurm").iterdir())
+    capsys.readouterr()
+    again = batch.run_training_batch(smoke_book["cohort_dir"], work, combos=[3, 2],
+                                     executor=choice, **KWARGS)
+    assert {p: p.stat().st_mtime_ns for p in again} == stamps
+    assert sorted((work / "jobs" / "slurm").iterdir()) == submitted  # nothing submitted
+    assert capsys.readouterr().out.count("done with this configuration, skipped") == 2
+
+
+def batch_args(argv: list[str]):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    jobs.add_executor_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_dry_run_lists_pages_and_runs_nothing(local_run, smoke_book, tmp_path, capsys):
+    work = tmp_path / "work"
+    shutil.copytree(local_run, work)
+    shutil.rmtree(work / "runs" / "patient" / "combo03")
+    capsys.readouterr()
+    out = batch.run_training_batch(smoke_book["cohort_dir"], work, combos=[2, 3],
+                                   dry_run=True, **KWARGS)
+    printed = capsys.readouterr().out
+    assert "04_training_combo02: done with this configuration, skipped" in printed
+    assert "would execute 04_training (combination 3" in printed
+    assert [p.stem for p in out] == ["04_training_combo02"]
+    assert not (work / "runs" / "patient" / "combo03").exists()
+
+
+def test_slurm_settings_from_toml_and_command_line(tmp_path):
+    path = tmp_path / "slurm.toml"
+    path.write_text('partition = "gpu"\ntime_min = 90\ngpus_per_node = 1\ncpus_per_task = 8\n'
+                    'mem_gb = 32\nsetup = ["module load cuda"]\n'
+                    '[additional]\nconstraint = "a100"\n')
+    settings = SlurmSettings.from_toml(path, cpus_per_task=6, partition=None)
+    assert (settings.partition, settings.cpus_per_task, settings.gpus_per_node) == ("gpu", 6, 1)
+    params = settings.submitit_parameters()
+    assert params["partition"] == "gpu" and params["time"] == 90 and params["mem"] == "32768MB"
+    assert params["setup"] == ["module load cuda"]
+    assert params["additional_parameters"] == {"constraint": "a100"}
+    assert params["gpus_per_node"] == 1 and params["cpus_per_task"] == 6
+    # the sbatch script submitit would write (no cluster needed to make it)
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(command="python -m x", folder=str(tmp_path), **params)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --cpus-per-task=6",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --mem=32768MB",
+                 "#SBATCH --constraint=a100", "module load cuda"):
+        assert line in script, (line, script)
+    assert ExecutorChoice("slurm", 4, slurm=settings).threads_per_job() == 6
+    path.write_text('partiton = "gpu"\n')
+    with pytest.raises(ConfigError, match="partiton"):
+        SlurmSettings.from_toml(path)
+    path.write_text("time_min = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        SlurmSettings.from_toml(path)
+    with pytest.raises(ConfigError, match="executor"):
+        ExecutorChoice("threads")
+    with pytest.raises(ConfigError, match="jobs"):
+        ExecutorChoice("processes", jobs=0)
+
+
+def test_a_job_s_record_changes_only_what_the_job_computed(tmp_path, monkeypatch):
+    """A job that started before another finished must not put back the older entries it saw:
+    its manifest record holds only its own changes."""
+    from stsnb.config import SMOKE
+    from stsnb.manifest import update_manifest
+    from stsnb.store import JOB_DIR_ENV, record_timing, write_json_atomic
+
+    work = tmp_path / "work"
+    cohort = tmp_path / "cohort"
+    work.mkdir()
+    cohort.mkdir()
+    write_json_atomic(work / MANIFEST, {"runs": {"patient/combo01": {"key_hash": "old"}},
+                                        "profile": "smoke"})
+    job_dir = work / "jobs" / "04_training_combo02"
+    job_dir.mkdir(parents=True)
+    monkeypatch.setenv(JOB_DIR_ENV, str(job_dir))
+    seen = update_manifest(work, profile=SMOKE, cohort_dir=cohort, seed=0, stage="training",
+                           cohort_sha256="x", runs={"patient/combo02": {"key_hash": "b"}})
+    record_timing(work, "features combo02", 1.5)
+    assert seen["runs"]["patient/combo01"] == {"key_hash": "old"}  # the job sees the whole
+    assert not (work / "timings.csv").exists()
+    monkeypatch.delenv(JOB_DIR_ENV)
+    # meanwhile another job re-ran combination 1 and was merged
+    write_json_atomic(work / MANIFEST, {"runs": {"patient/combo01": {"key_hash": "new"}},
+                                        "profile": "smoke"})
+    jobs.merge_job_record(work, job_dir, "processes",
+                          JobOutcome("04_training_combo02", host="node1", seconds=2.0))
+    manifest = read_manifest(work)
+    assert manifest["runs"] == {"patient/combo01": {"key_hash": "new"},
+                                "patient/combo02": {"key_hash": "b"}}
+    assert manifest["jobs"]["04_training_combo02"]["host"] == "node1"
+    assert pd.read_csv(work / "timings.csv").to_dict("records") == [
+        {"stage": "features combo02", "seconds": 1.5}]
+    assert not list(job_dir.iterdir())
