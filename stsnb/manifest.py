@@ -196,6 +196,19 @@ def _measured(entry: dict[str, Any] | None) -> str:
             f"{entry.get('machine', {}).get('cpu', '?')}")
 
 
+def _jobs_text(manifest: dict[str, Any]) -> str:
+    """Where chapter 04's pages ran: executor, pages, hosts (from the batch's job entries)."""
+    jobs = manifest.get("jobs", {})
+    if not jobs:
+        return "not run by a batch yet"
+    hosts = sorted({str(j.get("host", "?")) for j in jobs.values()})
+    failed = sum(not j.get("ok", True) for j in jobs.values())
+    executors = sorted({str(j.get("executor", "?")) for j in jobs.values()})
+    text = (f"{len(jobs)} on the {' and '.join(executors)} executor, on "
+            f"{', '.join(hosts[:4])}{' ...' if len(hosts) > 4 else ''}")
+    return text + (f" ({failed} failed at their last run)" if failed else "")
+
+
 def manifest_table(manifest: dict[str, Any]) -> pd.DataFrame:
     """The manifest as (item, value) rows for the book's first page."""
     weights = manifest.get("weights")
@@ -218,6 +231,7 @@ def manifest_table(manifest: dict[str, Any]) -> pd.DataFrame:
         ("python", f"{manifest.get('python', '?')} on {manifest.get('platform', '?')}"),
         ("CPU cores", manifest.get("cpu_count", "?")),
         ("stages run", ", ".join(manifest.get("stages", {})) or "none"),
+        ("chapter 04 pages", _jobs_text(manifest)),
         ("last update", manifest.get("updated", "?")),
     ]
     rows += [(f"package {k}", v) for k, v in manifest.get("packages", {}).items()]

@@ -17,7 +17,7 @@ from test_reliability import SEED, copy_work
 from stsnb import batch, jobs
 from stsnb.errors import ConfigError, StsnbError
 from stsnb.jobs import ExecutorChoice, JobOutcome, SlurmSettings
-from stsnb.manifest import MANIFEST, read_manifest
+from stsnb.manifest import MANIFEST, manifest_table, read_manifest
 
 pytestmark = pytest.mark.smoke
 
@@ -65,6 +65,8 @@ def test_processes_run_two_pages_at_once_with_the_local_predictions(local_run, s
     assert second["started"] < first["started"] + first["seconds"]  # they overlapped
     assert {"patient/combo02", "patient/combo03"} <= set(manifest["runs"])
     assert manifest["stages"]["training"]["precision"] == "fp32"
+    shown = dict(manifest_table(manifest).values)["chapter 04 pages"]
+    assert shown.startswith("2 on the processes executor, on ") and entries[0]["host"] in shown
     # the jobs' own records were merged and removed: one timings.csv, written by the submitter
     timings = pd.read_csv(work / "timings.csv")
     for name in PAGES:
