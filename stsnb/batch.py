@@ -115,13 +115,14 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
     """
     executor = executor or ExecutorChoice()
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
-    merged = merge_leftover_records(work_dir, executor.name)
+    merged = 0 if dry_run else merge_leftover_records(work_dir, executor.name)
     if merged:
         print(f"[stsnb] merged the records of {merged} job(s) finished in an earlier batch",
               flush=True)
     resolved = resolve_profile(profile)
     store = open_slices(work_dir, resolved)
-    generated = prepare_book_root(book_root(work_dir))
+    root = book_root(work_dir)
+    generated = root / "book" / "generated" if dry_run else prepare_book_root(root)
     weights_arg = str(Path(weights).resolve()) if Path(weights).is_file() else weights
     modalities = tuple(store.modalities)
     jobs = training_jobs(resolved, modalities, combos, splits)

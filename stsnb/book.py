@@ -226,7 +226,8 @@ def run_chapters(
     the other); every other chapter runs here, after them. `dry_run` prints what would run.
     """
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
-    generated = prepare_book_root(book_root(work_dir))
+    root = book_root(work_dir)
+    generated = root / "book" / "generated" if dry_run else prepare_book_root(root)
     parameters = {
         "cohort_dir": str(Path(cohort_dir).resolve()),
         "work_dir": str(work_dir),
@@ -239,6 +240,10 @@ def run_chapters(
     outputs = []
     shortfall = None
     for name in chapters:
+        if dry_run:
+            outputs += _dry_run(name, cohort_dir, work_dir, profile, seed, combos, device,
+                                weights, backbone, executor)
+            continue
         if name in CV_CHAPTERS and shortfall is None:
             shortfall = cohort_shortfall(work_dir, profile, seed) or ""
             if shortfall:
@@ -254,15 +259,32 @@ def run_chapters(
 
             outputs += run_training_batch(cohort_dir, work_dir, profile, seed, combos=combos,
                                           device=device, weights=weights, backbone=backbone,
-                                          executor=executor, dry_run=dry_run)
-            continue
-        if dry_run:
-            print(f"[stsnb] would execute {name}", flush=True)
+                                          executor=executor)
             continue
         extra = {"device": device} if name == "06_gradcam" else {}
         print(f"[stsnb] executing {name} -> {generated / (name + '.ipynb')}", flush=True)
         outputs.append(execute_chapter(name, generated, {**parameters, **extra}, work_dir))
     return outputs
+
+
+def _dry_run(name: str, cohort_dir: str | Path, work_dir: Path, profile: str, seed: int,
+             combos: tuple[int | str, ...] | None, device: str, weights: str, backbone: str,
+             executor: Any) -> list[Path]:
+    """Print what running chapter `name` would do; run nothing (chapter 04: its pages, those
+    that would run and those skipped, once chapter 03's slice store exists)."""
+    if name != TRAINING_CHAPTER:
+        print(f"[stsnb] would execute {name}", flush=True)
+        return []
+    from .batch import run_training_batch
+
+    try:
+        return run_training_batch(cohort_dir, work_dir, profile, seed, combos=combos,
+                                  device=device, weights=weights, backbone=backbone,
+                                  executor=executor, dry_run=True)
+    except StsnbError as exc:
+        print(f"[stsnb] would execute every page of {name} (they are listed once chapter 03 "
+              f"has run: {str(exc).splitlines()[0]})", flush=True)
+        return []
 
 
 def cohort_shortfall(work_dir: str | Path, profile: str = "auto", seed: int = 0) -> str | None:

@@ -206,3 +206,19 @@ def test_a_job_s_record_changes_only_what_the_job_computed(tmp_path, monkeypatch
     assert pd.read_csv(work / "timings.csv").to_dict("records") == [
         {"stage": "features combo02", "seconds": 1.5}]
     assert not list(job_dir.iterdir())
+
+
+def test_book_dry_run_lists_every_chapter_and_runs_nothing(tmp_path, capsys):
+    """`stsnb run --dry-run` on a work dir where nothing has run: every chapter listed, chapter
+    04's pages said to follow chapter 03, nothing written but the work dir itself."""
+    from stsnb.__main__ import main
+    from stsnb.book import CHAPTERS
+
+    work = tmp_path / "work"
+    assert main(["run", "--work-dir", str(work), "--profile", "smoke", "--dry-run",
+                 "--executor", "processes", "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    for name in CHAPTERS:
+        assert name in printed
+    assert "would execute every page of 04_training" in printed and "chapter 03" in printed
+    assert sorted(p.name for p in work.iterdir()) == []
