@@ -66,7 +66,7 @@ def test_processes_run_two_pages_at_once_with_the_local_predictions(local_run, s
     assert {"patient/combo02", "patient/combo03"} <= set(manifest["runs"])
     assert manifest["stages"]["training"]["precision"] == "fp32"
     shown = dict(manifest_table(manifest).values)["chapter 04 pages"]
-    assert shown.startswith("2 on the processes executor, on ") and entries[0]["host"] in shown
+    assert "processes executor, on " in shown and entries[0]["host"] in shown
     # the jobs' own records were merged and removed: one timings.csv, written by the submitter
     timings = pd.read_csv(work / "timings.csv")
     for name in PAGES:

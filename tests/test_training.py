@@ -456,7 +456,9 @@ def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatc
     manifest = json.loads((work / "manifest.json").read_text())
     assert manifest["weights"]["pretrained"] is False and "training" in manifest["stages"]
     assert (work / "runs" / "patient" / "combo09" / "predictions.csv").exists()
-    monkeypatch.setattr(batch, "execute_chapter", lambda *a, **k: pytest.fail("not skipped"))
+    from stsnb import jobs
+
+    monkeypatch.setattr(jobs, "run_page", lambda *a, **k: pytest.fail("not skipped"))
     again = batch.run_training_batch(tmp_path / "cohort", work, profile="smoke", seed=0,
                                      combos=[9], splits=["patient"], device="cpu",
                                      weights="none")
