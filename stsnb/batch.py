@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-from .book import book_root, notebook_errors, prepare_book_root
+from .book import book_root, generated_dir, notebook_errors, prepare_book_root
 from .combinations import Combination, combinations_for, resolve_combo
 from .config import PROFILES, Profile, resolve_profile
 from .errors import ConfigError, StsnbError
@@ -122,7 +122,7 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
     resolved = resolve_profile(profile)
     store = open_slices(work_dir, resolved)
     root = book_root(work_dir)
-    generated = root / "book" / "generated" if dry_run else prepare_book_root(root)
+    generated = generated_dir(root) if dry_run else prepare_book_root(root)
     weights_arg = str(Path(weights).resolve()) if Path(weights).is_file() else weights
     modalities = tuple(store.modalities)
     jobs = training_jobs(resolved, modalities, combos, splits)

@@ -76,9 +76,14 @@ def prepare_book_root(root: Path) -> Path:
             if path.is_file() and "generated" not in rel.parts:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, root / rel)
-    generated = root / "book" / "generated"
+    generated = generated_dir(root)
     generated.mkdir(parents=True, exist_ok=True)
     return generated
+
+
+def generated_dir(root: Path) -> Path:
+    """The executed chapters' folder of a book source `root` (made by `prepare_book_root`)."""
+    return root / "book" / "generated"
 
 
 def _without_machine_paths(text: str, roots: list[str]) -> str:
@@ -227,7 +232,7 @@ def run_chapters(
     """
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
     root = book_root(work_dir)
-    generated = root / "book" / "generated" if dry_run else prepare_book_root(root)
+    generated = generated_dir(root) if dry_run else prepare_book_root(root)
     parameters = {
         "cohort_dir": str(Path(cohort_dir).resolve()),
         "work_dir": str(work_dir),

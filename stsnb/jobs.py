@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import ConfigError, StsnbError
-from .store import JOB_DIR_ENV, read_json, record_timing, write_json_atomic
+from .store import JOB_DIR_ENV, MANIFEST, TIMINGS, read_json, record_timing, write_json_atomic
 
 EXECUTORS = ("local", "processes", "slurm")
 #: Seconds between two kernel starts of the `processes` executor (papermill's kernels pick
@@ -105,7 +105,7 @@ def run_page(job: PageJob) -> JobOutcome:
         Path(job.job_dir).mkdir(parents=True, exist_ok=True)
         env[JOB_DIR_ENV] = job.job_dir
         log = str(Path(job.job_dir) / JOB_LOG)
-        for stale in ("timings.csv", "manifest.json", JOB_RECORD):
+        for stale in (TIMINGS, MANIFEST, JOB_RECORD):
             (Path(job.job_dir) / stale).unlink(missing_ok=True)
     outcome = JobOutcome(job.name, host=host, log=log, started=round(time.time(), 3))
     with _environment(env), _log_to(log):
@@ -158,10 +158,10 @@ def merge_job_record(work_dir: str | Path, job_dir: str | Path, executor: str,
                      outcome: JobOutcome | None = None) -> None:
     """Fold a finished job's timings and manifest entries into the work dir's own files (the
     submitting process only) and name the job's executor and host in the manifest."""
-    from .manifest import MANIFEST, merge_manifest, read_manifest
+    from .manifest import merge_manifest, read_manifest
 
     job_dir = Path(job_dir)
-    timings = job_dir / "timings.csv"
+    timings = job_dir / TIMINGS
     if timings.exists():
         for row in pd.read_csv(timings).itertuples(index=False):
             record_timing(work_dir, str(row.stage), float(row.seconds))
@@ -186,12 +186,10 @@ def merge_leftover_records(work_dir: str | Path, executor: str) -> int:
     """Merge the records of jobs that finished while no submitter was there to merge them (a
     submitting process that was stopped, or jobs started by another scheduler with
     ``STSNB_JOB_DIR`` set); return how many."""
-    from .manifest import MANIFEST
-
     root = Path(work_dir) / "jobs"
     count = 0
     for job_dir in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
-        if any((job_dir / name).exists() for name in (JOB_RECORD, "timings.csv", MANIFEST)):
+        if any((job_dir / name).exists() for name in (JOB_RECORD, TIMINGS, MANIFEST)):
             merge_job_record(work_dir, job_dir, executor)
             count += 1
     return count
@@ -331,8 +329,8 @@ def _process_pool(jobs: int) -> tuple[Callable[[PageJob], _Handle], Callable[[],
 
 def _submitit(settings: SlurmSettings, folder: Path
               ) -> tuple[Callable[[PageJob], _Handle], Callable[[], None]]:
-    """submitit's executor of `settings.cluster` (its SLURM, local or debug executor, chosen
-    directly: its AutoExecutor needs setuptools' pkg_resources)."""
+    """submitit's executor of `settings.cluster`: its SLURM, local or debug executor, each with
+    its own parameter names (`SlurmSettings.submitit_parameters`)."""
     import submitit
 
     kinds = {"slurm": submitit.SlurmExecutor, "local": submitit.LocalExecutor,
@@ -387,11 +385,8 @@ def execute_jobs(jobs: Sequence[PageJob], choice: ExecutorChoice,
             for handle in [h for h in running if h.done()]:
                 running.remove(handle)
                 outcome = handle.outcome()
-                if handle.job.job_dir:
-                    merge_job_record(work_dir, handle.job.job_dir, choice.name, outcome)
-                else:
-                    merge_job_record(work_dir, work_dir / "jobs" / handle.job.name,
-                                     choice.name, outcome)
+                own = handle.job.job_dir or work_dir / "jobs" / handle.job.name
+                merge_job_record(work_dir, own, choice.name, outcome)
                 outcomes.append(outcome)
                 if not outcome.ok and not choice.keep_going and not stop:
                     stop = True

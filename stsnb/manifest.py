@@ -15,9 +15,8 @@ import pandas as pd
 
 from . import __version__
 from .config import Profile
-from .store import cohort_checksum, job_dir, read_json, write_json_atomic
+from .store import MANIFEST, cohort_checksum, job_dir, read_json, write_json_atomic
 
-MANIFEST = "manifest.json"
 #: Packages whose versions can change a result or a figure.
 TRACKED_PACKAGES = (
     "numpy",

@@ -27,6 +27,8 @@ STAGE_RECORD = "stage.json"
 #: Set by a batch job (stsnb.jobs): the folder where that job writes its own timings and
 #: manifest entries, merged into the work dir's by the submitting process.
 JOB_DIR_ENV = "STSNB_JOB_DIR"
+TIMINGS = "timings.csv"  # seconds per stage, in the work dir (or a batch job's own folder)
+MANIFEST = "manifest.json"  # the run manifest (stsnb.manifest), in the work dir
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -255,7 +257,7 @@ def job_dir() -> Path | None:
 def record_timing(work_dir: str | Path, stage: str, seconds: float) -> Path:
     """Set the row of `stage` in `work_dir/timings.csv` (stage, seconds), keeping the others;
     inside a batch job, in the job's own ``timings.csv`` (merged by the submitting process)."""
-    path = (job_dir() or Path(work_dir)) / "timings.csv"
+    path = (job_dir() or Path(work_dir)) / TIMINGS
     if path.exists():
         table = pd.read_csv(path)
         table = table[table["stage"] != stage]
