@@ -18,6 +18,9 @@ and the other layers (a few MB plus 67 MB), and `dense_classifier_state` rebuild
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -83,8 +86,19 @@ class DualTables:
 
     def __init__(self, features: torch.Tensor, first_weight: torch.Tensor) -> None:
         wide = features.double()
-        self.base = (wide @ first_weight.double().t()).to(features.dtype)  # (n, 4096), W0 x
-        self.gram = (wide @ wide.t()).to(features.dtype)  # (n, n), x_i . x_j
+        self.wide_base = wide @ first_weight.double().t()  # (n, 4096), W0 x, float64
+        self.wide_gram = wide @ wide.t()  # (n, n), x_i . x_j, float64
+        self.base = self.wide_base.to(features.dtype)
+        self.gram = self.wide_gram.to(features.dtype)
+
+    def scaled(self, factor: float) -> DualTables:
+        """The tables of the features times `factor` (c W0 x and c^2 X X^T), from the float64
+        products: a uniform scaling ('rms') needs no new products over 25088 features."""
+        tables = object.__new__(DualTables)
+        tables.wide_base, tables.wide_gram = self.wide_base * factor, self.wide_gram * factor ** 2
+        tables.base = tables.wide_base.to(self.base.dtype)
+        tables.gram = tables.wide_gram.to(self.gram.dtype)
+        return tables
 
     @property
     def n(self) -> int:
@@ -165,6 +179,7 @@ class InputScaling:
 
     mean: torch.Tensor | None = None  # (25088,) feature units; None = identity
     scale: torch.Tensor | None = None  # (25088,) 1 / SD, 0 where the SD is 0 in training
+    factor: float | None = None  # 'rms': the one factor every feature is multiplied by
 
     @classmethod
     def fit(cls, train_features: torch.Tensor, mode: str) -> InputScaling:
@@ -178,7 +193,8 @@ class InputScaling:
             rms = float(wide.square().mean().sqrt())
             factor = 1.0 / rms if rms > 0 else 0.0
             return cls(torch.zeros(wide.shape[1], dtype=train_features.dtype),
-                       torch.full((wide.shape[1],), factor, dtype=train_features.dtype))
+                       torch.full((wide.shape[1],), factor, dtype=train_features.dtype),
+                       factor)
         mean = wide.mean(0)
         sd = wide.std(0, unbiased=False)
         scale = torch.where(sd > 1e-12 * (1.0 + mean.abs()), 1.0 / sd, torch.zeros_like(sd))
@@ -218,3 +234,27 @@ def feature_scale(features: np.ndarray) -> dict[str, float]:
     values = np.asarray(features, dtype=np.float64)
     return {"mean": float(values.mean()), "norm": float(np.linalg.norm(values, axis=1).mean()),
             "zero_fraction": float(np.mean(values == 0.0))}
+
+
+#: glibc's mallopt parameters (malloc.h) and the size kept on the heap (bytes).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _KEPT_BYTES = -1, -3, 1 << 30
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Let glibc keep freed buffers (up to 1 GiB) for the next step instead of unmapping them.
+
+    By default glibc maps every buffer above 32 MB afresh and returns it to the system when
+    freed, so each SGD step of the head page-faults and zeroes its 64 MB gradient of the
+    4096 x 4096 layer again: about a fifth of a fold's time on a 2-core CPU
+    (`benchmarks/README.md`). Numbers are unchanged. Once per process; False where the C
+    library is not glibc (the setting then stays the system's).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _KEPT_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _KEPT_BYTES))

@@ -55,6 +55,7 @@ from .head import (
     InputScaling,
     PrimalHead,
     dense_classifier_state,
+    reuse_freed_memory,
 )
 from .manifest import read_manifest, software_key, update_manifest
 from .model import (
@@ -222,6 +223,7 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
     generators are restored afterwards.
     """
     started = time.perf_counter()
+    reuse_freed_memory()
     device = labels.device
     devices = [device.index or 0] if device.type == "cuda" else []
     rows = []
@@ -345,18 +347,34 @@ def head_training(config: TrainingConfig, weights: WeightsInfo) -> TrainingConfi
     return replace(config, learning_rate=config.rescaled_learning_rate)
 
 
-def fold_tables(values: torch.Tensor, fold: Fold, bundle: ModelBundle, mode: str,
-                shared: DualTables | None = None) -> tuple[DualTables, InputScaling]:
-    """The dual tables of one fold and the scaling fitted on its training slices only.
+class FoldTables:
+    """The dual tables of each fold, with the scaling fitted on the fold's training slices.
 
-    With no scaling every fold shares one table (`shared`, built when None).
+    The products over 25088 features (W0 x, X X^T) are made once per feature matrix: with no
+    scaling every fold shares them; the 'rms' scaling multiplies them by its factor (and its
+    square); only 'standardize' (a shift per feature) needs new products per fold.
     """
-    scaling = InputScaling.fit(values[torch.from_numpy(fold.train).to(values.device)], mode)
-    if scaling.identity:
-        tables = shared or DualTables(values, _initial_first_weight(bundle, values))
-        return tables, scaling
-    scaled = scaling.apply(values)
-    return DualTables(scaled, _initial_first_weight(bundle, scaled)), scaling
+
+    def __init__(self, values: torch.Tensor, bundle: ModelBundle, mode: str) -> None:
+        self.values, self.bundle, self.mode = values, bundle, mode
+        self._unscaled: DualTables | None = None
+
+    def unscaled(self) -> DualTables:
+        if self._unscaled is None:
+            self._unscaled = DualTables(self.values,
+                                        _initial_first_weight(self.bundle, self.values))
+        return self._unscaled
+
+    def __call__(self, fold: Fold) -> tuple[DualTables, InputScaling]:
+        values = self.values
+        scaling = InputScaling.fit(values[torch.from_numpy(fold.train).to(values.device)],
+                                   self.mode)
+        if scaling.identity:
+            return self.unscaled(), scaling
+        if scaling.factor is not None:
+            return self.unscaled().scaled(scaling.factor), scaling
+        scaled = scaling.apply(values)
+        return DualTables(scaled, _initial_first_weight(self.bundle, scaled)), scaling
 
 
 def _initial_first_weight(bundle: ModelBundle, like: torch.Tensor) -> torch.Tensor:
@@ -386,12 +404,14 @@ def cross_validate(source: SliceSource, combination: Combination, plan: FoldPlan
                    device: torch.device, precision: str, form: str = "dual",
                    features: np.ndarray | None = None, progress: bool = False,
                    dtype: torch.dtype = torch.float32,
-                   scaling: str | None = None) -> list[FoldOutcome]:
+                   scaling: str | None = None,
+                   tables: FoldTables | None = None) -> list[FoldOutcome]:
     """Train every fold in memory (no files): the cached forms need `features` (index order).
 
     `dtype` is the head's arithmetic (float32 in every run; float64 lets a test compare the
     forms without float rounding). `scaling`: the features' scaling (default: `feature_scaling`
-    of the weights), fitted on each fold's training slices.
+    of the weights), fitted on each fold's training slices. `tables`: the dual form's tables
+    of these `features` kept from an earlier call (several label sets, one feature matrix).
     """
     prepare_backbone(bundle, device, precision)
     bundle.model.classifier.to(dtype)
@@ -406,13 +426,14 @@ def cross_validate(source: SliceSource, combination: Combination, plan: FoldPlan
         values = torch.from_numpy(features).to(device=device, dtype=dtype)
     mode = feature_scaling(bundle.weights) if scaling is None else scaling
     config = head_training(config, bundle.weights)
+    if form == "dual" and (tables is None or tables.mode != mode
+                           or tables.values.dtype != dtype or tables.values.device != device):
+        tables = FoldTables(values, bundle, mode)
     outcomes = []
     try:
-        shared = None
         for fold in plan.folds:
             if form == "dual":
-                extra["tables"], _ = fold_tables(values, fold, bundle, mode, shared)
-                shared = extra["tables"] if mode == "none" else None
+                extra["tables"], _ = tables(fold)
             elif form == "primal":
                 fitted = InputScaling.fit(values[torch.from_numpy(fold.train).to(values.device)],
                                           mode)
@@ -637,19 +658,18 @@ def _train_folds(out: Path, plan: FoldPlan, features: Features, bundle: ModelBun
                                             for f in plan.folds]
     todo = [f for f, r in zip(plan.folds, records, strict=True) if r is None]
     table_seconds = 0.0
-    values = labels = shared = None
-    mode = feature_scaling(bundle.weights)
+    labels = fold_tables = None
     config = head_training(config, bundle.weights)
     if todo:
         prepare_backbone(bundle, device, "fp32")
         values = torch.from_numpy(features.values).to(device)
         labels = torch.from_numpy(plan.labels).to(device)
+        fold_tables = FoldTables(values, bundle, feature_scaling(bundle.weights))
     bar = tqdm(plan.folds, desc=f"{label} folds", unit="fold", disable=not progress)
     for i, fold in enumerate(bar):
         if records[i] is None:
             started = time.perf_counter()
-            tables, scaling = fold_tables(values, fold, bundle, mode, shared)
-            shared = tables if scaling.identity else None
+            tables, scaling = fold_tables(fold)
             table_seconds += time.perf_counter() - started
             head = make_head("dual", bundle, fold, tables=tables)
             outcome = fit_fold(head, labels, fold, config, seed, progress)
@@ -885,6 +905,8 @@ class FoldHeads:
         self.values = read_feature_cache(work_dir, record["features_dir"], source,
                                          record["features_key_hash"])
         self.device = resolve_device("cpu")
+        self.tables = FoldTables(torch.from_numpy(self.values), self.bundle,
+                                 feature_scaling(self.bundle.weights))
 
     def run(self, slice_labels: np.ndarray) -> LabelRun:
         """Folds drawn under `slice_labels` (one label per patient), the FC head retrained."""
@@ -892,7 +914,8 @@ class FoldHeads:
         plan = make_folds(self.source.index, "patient", config.folds, self.seed,
                           config.validation_fraction, labels=slice_labels)
         outcomes = cross_validate(self.source, self.combination, plan, self.bundle, config,
-                                  self.seed, self.device, "fp32", features=self.values)
+                                  self.seed, self.device, "fp32", features=self.values,
+                                  tables=self.tables)
         prob = np.empty(len(plan.labels))
         losses, constants = [], []
         for fold, outcome in zip(plan.folds, outcomes, strict=True):

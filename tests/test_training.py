@@ -301,6 +301,48 @@ def test_cached_training_matches_the_naive_loop_in_float32(bundle, slices):
     assert dual.best_epoch == naive.best_epoch
 
 
+
+def test_rms_tables_come_from_one_product_and_match_the_primal_head(bundle, slices,
+                                                                    monkeypatch):
+    """'rms' scaling: each fold's dual tables are the unscaled products times the fold's factor
+    (one product over 25088 features for every fold), and train as the ordinary head does."""
+    combination = resolve_combo(9)
+    values = torch.from_numpy(frozen_features(bundle, slices, combination.channels)).double()
+    plan = make_folds(slices.index, "patient", 2, seed=0, validation_fraction=0.25)
+    products = []
+    original = training.DualTables.__init__
+    monkeypatch.setattr(training.DualTables, "__init__",
+                        lambda self, *a: products.append(1) or original(self, *a))
+    tables = training.FoldTables(values, bundle, "rms")
+    first_weight = bundle.initial_head["0.weight"].double()
+    factors = []
+    for fold in plan.folds:
+        fold_tables, scaling = tables(fold)
+        factors.append(scaling.factor)
+        direct = object.__new__(training.DualTables)  # the products of the scaled features
+        original(direct, scaling.apply(values), first_weight)
+        np.testing.assert_allclose(fold_tables.base, direct.base, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(fold_tables.gram, direct.gram, rtol=1e-12)
+    assert len(products) == 1 and factors[0] != factors[1] and all(f > 0 for f in factors)
+
+    monkeypatch.undo()
+    one = replace(plan, folds=plan.folds[1:])
+    config = replace(SMOKE.training, batch_size=8, max_epochs=2, patience=2)
+    dual, primal = (cross_validate(slices, combination, one, bundle, config, 0, CPU, "fp32",
+                                   form, values.float().numpy(), dtype=torch.float64,
+                                   scaling="rms")[0] for form in ("dual", "primal"))
+    np.testing.assert_allclose(dual.test_prob, primal.test_prob, rtol=0, atol=1e-10)
+    assert np.ptp(primal.test_prob) > 0
+
+
+def test_freed_buffers_are_kept_for_the_next_step_on_glibc():
+    import platform
+
+    from stsnb.head import reuse_freed_memory
+    kept = reuse_freed_memory()
+    assert kept is (platform.libc_ver()[0] == "glibc")
+    assert reuse_freed_memory() is kept  # once per process
+
 # -- runs on disk -----------------------------------------------------------------------------
 
 def test_run_outputs_follow_the_contract(finished_run, slices):
