@@ -29,11 +29,12 @@ from stsnb.combinations import resolve_combo  # noqa: E402
 from stsnb.config import resolve_profile  # noqa: E402
 from stsnb.controls import KINDS, SHOWING, control_labels  # noqa: E402
 from stsnb.features import read_feature_cache  # noqa: E402
-from stsnb.folds import patient_table  # noqa: E402
+from stsnb.folds import patient_table
 from stsnb.linear import POOLINGS, patient_matrix  # noqa: E402
 from stsnb.linear_runs import pool_slices  # noqa: E402
+from stsnb.runs import RUN_RECORD, run_dir
 from stsnb.significance import p_values, permutation_null  # noqa: E402
-from stsnb.training import RUN_RECORD, open_slices, run_dir  # noqa: E402
+from stsnb.training import open_slices  # noqa: E402
 
 
 def cpu_model() -> str:

@@ -46,7 +46,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.linear import DEFAULT_CS, nested_cv_probs, patient_folds, roc_auc  # noqa: E402
+from stsnb.linear import DEFAULT_CS, nested_cv_probs, patient_folds  # noqa: E402
+from stsnb.metrics import roc_auc  # noqa: E402
 from stsnb.significance import p_values, permutation_null, permuted_labels  # noqa: E402
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from stsnb.config import resolve_profile
-from stsnb.linear import patient_folds, roc_auc
+from stsnb.linear import patient_folds
+from stsnb.metrics import roc_auc
 from stsnb.radiomics import models
 from stsnb.radiomics.permutation import radiomics_significance
 from stsnb.radiomics.stage import read_features

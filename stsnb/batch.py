@@ -22,9 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nbformat
-
-from .book import book_root, generated_dir, notebook_errors, prepare_book_root
 from .combinations import Combination, combinations_for, resolve_combo
 from .config import PROFILES, Profile, resolve_profile
 from .errors import ConfigError, StsnbError
@@ -39,10 +36,12 @@ from .jobs import (
     merge_leftover_records,
 )
 from .linear_runs import linear_done
+from .pages import book_root, generated_dir, notebook_errors, prepare_book_root
 from .plots.training import combination_label
 from .results import auc_order, patient_aucs, split_predictions
-from .store import atomic_path, ensure_writable_dir
-from .training import RUN_RECORD, is_done, open_slices, run_dir
+from .runs import RUN_RECORD, run_dir
+from .store import ensure_writable_dir
+from .training import is_done, open_slices
 
 CHAPTER = "04_training"
 
@@ -224,16 +223,6 @@ SPLIT_TITLES = {"patient": "patient split", "slice": "slice split (the study's)"
 def page_title(combination: Combination, split: str) -> str:
     """The executed page's title, e.g. '04 Training: 9 Dose-T2w-CE-T1w, patient split'."""
     return f"04 Training: {combination_label(combination)}, {SPLIT_TITLES[split]}"
-
-
-def retitle(path: Path, title: str) -> None:
-    """Give an executed chapter its own first heading (the book's page title and its toc)."""
-    nb = nbformat.read(path, as_version=4)
-    first = next(c for c in nb.cells if c.cell_type == "markdown")
-    lines = first.source.splitlines()
-    first.source = "\n".join([f"# {title}", *lines[1:]])
-    with atomic_path(path) as tmp:
-        nbformat.write(nb, tmp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,7 @@ def decision_curve(labels: np.ndarray, prob: np.ndarray,
 def patient_calibration(predictions: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
     """(calibration_summary, decision_curve) of a predictions.csv table at patient level (a
     patient's probability: the mean over its slices)."""
-    from .results import patient_predictions
+    from .metrics import patient_predictions
 
     patients = patient_predictions(predictions)
     labels, prob = patients["label"].to_numpy(), patients["prob"].to_numpy()

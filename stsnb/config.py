@@ -200,11 +200,20 @@ def resolve_profile(name: str | Profile = "auto") -> Profile:
     return _BY_NAME[key]
 
 
-def config_table(profile: Profile) -> list[tuple[str, str]]:
-    """Flatten a profile into (setting, value) rows for display at the top of a chapter."""
+SECTIONS = ("registration", "preprocessing", "training", "radiomics")
+
+
+def config_table(profile: Profile, sections: tuple[str, ...] = SECTIONS
+                 ) -> list[tuple[str, str]]:
+    """Flatten a profile into (setting, value) rows: every section (the first page shows the
+    whole profile), or those a chapter uses."""
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"Unknown profile sections {unknown}: expected some of {SECTIONS}.")
     rows: list[tuple[str, str]] = [("profile", profile.name)]
-    for section in ("registration", "preprocessing", "training", "radiomics"):
+    for section in sections:
         for key, value in asdict(getattr(profile, section)).items():
             rows.append((f"{section}.{key}", str(value)))
-    rows.append(("synthetic_patients", str(profile.synthetic_patients)))
+    if sections == SECTIONS:
+        rows.append(("synthetic_patients", str(profile.synthetic_patients)))
     return rows

@@ -32,7 +32,7 @@ from .config import Profile, resolve_profile
 from .errors import StsnbError
 from .features import SliceSource
 from .folds import patient_table
-from .linear import roc_auc
+from .metrics import roc_auc
 from .permutation import linear_rows, linear_test
 from .store import record_timing, write_csv_atomic
 

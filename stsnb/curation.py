@@ -17,11 +17,25 @@ from .cohort import (
 )
 from .config import Profile
 from .manifest import update_manifest
-from .store import Stage, cohort_checksum, ensure_writable_dir, write_csv_atomic
+from .store import (
+    STAGE_RECORD,
+    Stage,
+    cohort_checksum,
+    ensure_writable_dir,
+    read_json,
+    write_csv_atomic,
+)
 
 STAGE = "curation"
 #: Bumped when what cohort.csv holds changes (part of the stage key).
 CURATION_FORMAT = 2
+
+
+def curated_checksum(work_dir: str | Path) -> str | None:
+    """The cohort checksum chapter 01 recorded (later stages need not hash the cohort again);
+    None when chapter 01 has not run."""
+    key = read_json(Path(work_dir) / STAGE / STAGE_RECORD).get("key")
+    return key.get("cohort_sha256") if isinstance(key, dict) else None
 
 
 @dataclass(frozen=True)

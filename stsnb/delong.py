@@ -133,7 +133,7 @@ def paired_delong(reference: pd.DataFrame, other: pd.DataFrame,
                   level: float = 0.95) -> DeLongResult:
     """DeLong's test of the patient-level AUC of `other` against `reference` (predictions.csv
     tables; a patient's probability is the mean over its slices) on the patients both hold."""
-    from .results import patient_predictions
+    from .metrics import patient_predictions
 
     a = patient_predictions(reference).set_index("patient_id")
     b = patient_predictions(other).set_index("patient_id")

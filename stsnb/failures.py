@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import StsnbError
-from .gradcam import GRADCAM_DIR, outcome_class
-from .results import THRESHOLD, patient_predictions
+from .gradcam import GRADCAM_DIR
+from .metrics import THRESHOLD, outcome_class, patient_predictions
 from .store import write_csv_atomic
 
 FAILURES_FILE = "failures.csv"

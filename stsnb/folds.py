@@ -28,8 +28,6 @@ from .errors import ConfigError
 
 SPLITS = ("patient", "slice", "random")
 GROUPED_SPLITS = ("patient", "random")
-
-
 class LeakageError(AssertionError):
     """A patient (or slice) in two of train, validation and test of one fold."""
 

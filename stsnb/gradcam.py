@@ -24,6 +24,7 @@ from scipy import ndimage
 from torch import nn
 
 from .errors import StsnbError
+from .metrics import THRESHOLD, outcome_class
 from .model import ModelBundle
 from .store import write_csv_atomic
 
@@ -114,14 +115,6 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, weight: float = 0.45) -> np.ndarra
     return show_cam_on_image(image, cam, use_rgb=True, image_weight=1.0 - weight)
 
 
-def outcome_class(label: int, prob: float, threshold: float = 0.5) -> str:
-    """TP, FP, TN or FN of one prediction."""
-    called = prob >= threshold
-    if label == 1:
-        return "TP" if called else "FN"
-    return "FP" if called else "TN"
-
-
 @dataclass
 class GradCamResult:
     """Per-slice shares (the table) and the maps/inputs of the slices shown."""
@@ -171,13 +164,13 @@ def run_gradcam(work_dir: str | Path, combo: int, store, split: str = "patient",
     if target not in TARGETS:
         raise StsnbError(f"Grad-CAM target {target!r}: expected one of {', '.join(TARGETS)}.")
     from .combinations import resolve_combo
-    from .results import load_predictions, predictions_path
+    from .runs import load_predictions, predictions_path
     from .training import fold_model
 
     combination = resolve_combo(combo, tuple(store.modalities))
     predictions = load_predictions(predictions_path(work_dir, split, combination.number))
     chosen = select_slices(predictions, per_fold, seed)
-    chosen["cam_class"] = ((chosen["prob"] >= 0.5).astype(np.int64) if target == "predicted"
+    chosen["cam_class"] = ((chosen["prob"] >= THRESHOLD).astype(np.int64) if target == "predicted"
                            else POSITIVE_CLASS)
     lookup = store.index.set_index(["patient_id", "slice_index"])["row"]
     chosen["row"] = [int(lookup.loc[(p, s)]) for p, s in

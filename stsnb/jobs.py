@@ -94,8 +94,7 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def run_page(job: PageJob) -> JobOutcome:
     """Execute one page (papermill) with the job's thread counts; never raises for a failing
     notebook: the outcome carries the error. What every executor runs, wherever it runs."""
-    from .batch import retitle
-    from .book import execute_chapter
+    from .pages import execute_chapter, retitle
 
     host = socket.gethostname()
     started = time.perf_counter()

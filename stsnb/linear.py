@@ -31,6 +31,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import ThreadpoolController
 
 from .errors import ConfigError
+from .metrics import roc_auc
 
 POOLINGS = ("global", "gtv")
 #: Inverse penalty strengths (sklearn's C), ascending.
@@ -176,43 +177,6 @@ def patient_folds(labels: np.ndarray, n_folds: int, seed: int) -> list[np.ndarra
 
 
 # ---------------------------------------------------------------------------------------- AUC
-
-
-def average_ranks(scores: np.ndarray) -> np.ndarray:
-    """Ranks (1..n) along the last axis, ties sharing their average rank."""
-    scores = np.asarray(scores, dtype=np.float64)
-    n = scores.shape[-1]
-    order = np.argsort(scores, axis=-1, kind="stable")
-    ordered = np.take_along_axis(scores, order, axis=-1)
-    index = np.broadcast_to(np.arange(n), ordered.shape)
-    starts = np.ones(ordered.shape, dtype=bool)
-    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
-    ends = np.ones(ordered.shape, dtype=bool)
-    ends[..., :-1] = starts[..., 1:]
-    first = np.maximum.accumulate(np.where(starts, index, 0), axis=-1)
-    last = np.flip(np.minimum.accumulate(np.flip(np.where(ends, index, n - 1), -1), axis=-1), -1)
-    ranks = np.empty(ordered.shape)
-    np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=-1)
-    return ranks
-
-
-def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray | float:
-    """ROC AUC of `scores` (..., n) against 0/1 labels (n,) or (..., n), ties counting half.
-
-    Both classes must be present (in every row, for 2-d labels).
-    """
-    y = np.asarray(y_true).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    if y.shape[-1] != scores.shape[-1]:
-        raise ConfigError(f"roc_auc needs one score per label; got {scores.shape} scores for "
-                          f"{y.shape} labels.")
-    n_pos = y.sum(axis=-1)
-    n_neg = y.shape[-1] - n_pos
-    if np.any(n_pos == 0) or np.any(n_neg == 0):
-        raise ConfigError("ROC AUC needs both classes among the labels.")
-    rank_sum = (average_ranks(scores) * y).sum(axis=-1)
-    auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return float(auc) if np.ndim(auc) == 0 else auc
 
 
 # ----------------------------------------------------------------------------- the fast solver

@@ -34,24 +34,18 @@ from .features import (
 from .folds import GROUPED_SPLITS, FoldPlan, check_split, make_folds
 from .linear import DEFAULT_CS, POOLINGS, nested_cv_probs, patient_matrix, pool_features
 from .manifest import software_key
+from .metrics import PREDICTION_COLUMNS, rank_auc, study_metrics
+from .runs import RUN_RECORD, CrossValidationRun, run_dir
 from .store import (
+    Record,
     atomic_path,
     hash_config,
-    output_sizes,
-    outputs_intact,
     read_json,
     record_timing,
     remove_stale_temporaries,
     write_csv_atomic,
-    write_json_atomic,
 )
-from .training import (
-    PREDICTION_COLUMNS,
-    RUN_RECORD,
-    TrainingRun,
-    classification_metrics,
-    run_dir,
-)
+from .training import TrainingRun
 
 STAGE = "linear"
 LINEAR_DIR = "linear"
@@ -92,17 +86,8 @@ def linear_key(source: SliceSource, combination: Combination, split: str, seed: 
 
 
 @dataclass
-class LinearRun:
+class LinearRun(CrossValidationRun):
     """One combination's cross-validation by the linear head (same tables as the FC run)."""
-
-    combination: Combination
-    split: str
-    run_dir: Path
-    predictions: pd.DataFrame
-    history: pd.DataFrame
-    fold_metrics: pd.DataFrame
-    record: dict[str, Any]
-    reused: bool
 
 
 def pool_slices(source: SliceSource, values: np.ndarray, pooling: str) -> np.ndarray:
@@ -169,7 +154,7 @@ def fit_linear(plan: FoldPlan, pooled: np.ndarray, index: pd.DataFrame, seed: in
         test = predictions[predictions["fold"] == fold.number]
         metrics.append({**entry, "n_test": len(test),
                         "n_test_patients": int(test["patient_id"].nunique()),
-                        **classification_metrics(test["label"].to_numpy(),
+                        **study_metrics(test["label"].to_numpy(),
                                                  test["prob"].to_numpy())})
     return (predictions[list(PREDICTION_COLUMNS)],
             pd.DataFrame(history, columns=list(LINEAR_HISTORY_COLUMNS)),
@@ -189,10 +174,7 @@ def read_linear_run(out: Path, combination: Combination, split: str,
 
 def linear_is_current(out: Path, key_hash: str) -> bool:
     """True when ``out/run.json`` holds `key_hash` and its outputs exist, whole."""
-    record = read_json(out / RUN_RECORD)
-    return record.get("key_hash") == key_hash and all(
-        (out / name).exists() for name in record.get("outputs", [])) and outputs_intact(
-        out, record.get("sizes", {}))
+    return Record(out / RUN_RECORD).is_current(key_hash)
 
 
 def run_linear(source: SliceSource, work_dir: str | Path, profile: Profile | str,
@@ -220,7 +202,8 @@ def run_linear(source: SliceSource, work_dir: str | Path, profile: Profile | str
     pooled = pool_slices(source, features, config.linear_pooling)
     predictions, history, metrics = fit_linear(plan, pooled, source.index, seed, config)
     seconds = time.perf_counter() - started
-    (out / RUN_RECORD).unlink(missing_ok=True)
+    run_record = Record(out / RUN_RECORD)
+    run_record.invalidate()  # no record vouches for files being rewritten
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / POOLED_FILE) as tmp:
         np.save(tmp, pooled)
@@ -228,19 +211,14 @@ def run_linear(source: SliceSource, work_dir: str | Path, profile: Profile | str
               "fold_metrics.csv": metrics}
     for filename, table in tables.items():
         write_csv_atomic(table, out / filename)
-    outputs = [*tables, POOLED_FILE]
-    record = {
-        "key": key, "key_hash": key_hash, "outputs": outputs,
-        "sizes": output_sizes(outputs, out), "head": "linear",
-        "combination": {"number": combination.number, "name": combination.name,
-                        "channels": list(combination.channels)},
-        "split": split, "grouped_by_patient": split in GROUPED_SPLITS,
-        "rows": "patients (mean of pooled slice features)" if split in GROUPED_SPLITS
-        else "slices", "pooling": config.linear_pooling, "weights": weights or {},
-        "seconds": round(seconds, 3), "n_folds": len(plan.folds),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json_atomic(out / RUN_RECORD, record)
+    run_record.finish(
+        key_hash, [*tables, POOLED_FILE], key=key, head="linear",
+        combination={"number": combination.number, "name": combination.name,
+                     "channels": list(combination.channels)},
+        split=split, grouped_by_patient=split in GROUPED_SPLITS,
+        rows="patients (mean of pooled slice features)" if split in GROUPED_SPLITS
+        else "slices", pooling=config.linear_pooling, weights=weights or {},
+        seconds=round(seconds, 3), n_folds=len(plan.folds))
     record_timing(work_dir, f"linear head {split} combo{combination.number:02d}", seconds)
     return read_linear_run(out, combination, split, reused=False)
 
@@ -275,7 +253,7 @@ def run_linear_training(work_dir: str | Path, profile: Profile | str = "auto", s
 def linear_summary(run: LinearRun) -> str:
     """A few sentences on the linear run, for chapter 04."""
     metrics = run.fold_metrics
-    from .results import patient_predictions, rank_auc
+    from .metrics import patient_predictions
 
     patients = patient_predictions(run.predictions)
     auc = rank_auc(patients["label"].to_numpy(), patients["prob"].to_numpy())

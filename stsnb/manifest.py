@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -15,7 +14,7 @@ import pandas as pd
 
 from . import __version__
 from .config import Profile
-from .store import MANIFEST, cohort_checksum, job_dir, read_json, write_json_atomic
+from .store import MANIFEST, STAGE_RECORD, cohort_checksum, job_dir, read_json, write_json_atomic
 
 #: Packages whose versions can change a result or a figure.
 TRACKED_PACKAGES = (
@@ -82,10 +81,7 @@ def software_key(stage: str) -> dict[str, str]:
 
 def _stage_record(work_dir: Path, stage: str) -> dict[str, Any]:
     """``work_dir/<stage>/stage.json`` (the key that made the stage's outputs), or {}."""
-    try:
-        return json.loads((work_dir / stage / "stage.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    return read_json(work_dir / stage / STAGE_RECORD)
 
 
 def display_path(path: str | Path) -> str:

@@ -214,7 +214,7 @@ def _load_imagenet(backbone: str = STUDY_BACKBONE) -> tuple[dict[str, torch.Tens
         raise
     except Exception as exc:  # offline, proxy, disk full, corrupt file: all reported alike
         raise WeightsError(
-            f"ImageNet weights could not be loaded ({type(exc).__name__}: {exc}). Fix (offline "
+            f"ImageNet weights could not be loaded ({load_failure(exc)}). Fix (offline "
             f"sites): copy torchvision's {cached.name} to $TORCH_HOME/hub/checkpoints/ or pass "
             "its path as weights (WEIGHTS=...)."
         ) from exc
@@ -287,6 +287,26 @@ def _hed(seed: int, note: str | None = None) -> tuple[dict, WeightsInfo]:
                                                          seed),
                               sha256=digest, file=path.name, seed=seed, backbone="vgg16",
                               transform="caffe", note=note)
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why a weights file could not be downloaded or read, in words (no exception repr).
+
+    >>> import urllib.error
+    >>> load_failure(urllib.error.URLError("[Errno -2] Name or service not known"))
+    'no network connection to the download server'
+    """
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"the download server answered HTTP {exc.code}"
+    if isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)):
+        return "no network connection to the download server"
+    if isinstance(exc, OSError):
+        return f"the file could not be written or read: {exc.strerror or exc}"
+    if isinstance(exc, RuntimeError) and "hash" in str(exc).lower():
+        return "the downloaded file failed its checksum"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _imagenet(backbone: str, seed: int) -> tuple[dict, WeightsInfo]:

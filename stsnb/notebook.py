@@ -21,6 +21,37 @@ def _short_warning(message, category, filename, lineno, line=None) -> str:  # no
 # Every chapter imports this module: its warnings (e.g. random weights) stay loud, without paths.
 warnings.formatwarning = _short_warning
 
+#: Longer tables are shown collapsed, under a line that gives their size.
+OPEN_ROWS = 30
+
+
+def table_html(table: pd.DataFrame) -> str:
+    """A table as chapters show it: without pandas' 0, 1, 2 ... index when the index carries
+    nothing (an unnamed default range), collapsed under its row count when longer than
+    `OPEN_ROWS` rows."""
+    index = table.index
+    plain = isinstance(index, pd.RangeIndex) and index.name is None and index.start == 0 \
+        and index.step == 1
+    body = table.to_html(index=not plain, notebook=True, max_rows=500, max_cols=60)
+    if len(table) <= OPEN_ROWS:
+        return body
+    return (f"<details><summary>Table of {len(table)} rows (click to open)</summary>"
+            f"{body}</details>")
+
+
+def _show_tables_plainly() -> None:
+    """Make `table_html` the HTML form of every DataFrame displayed in this kernel."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with the environment
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)
+
+
+_show_tables_plainly()
+
 
 def parameters_table(**parameters: Any) -> pd.DataFrame:
     """The chapter's parameters as (parameter, value) rows; paths without the machine's root."""
@@ -32,9 +63,11 @@ def parameters_table(**parameters: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["parameter", "value"])
 
 
-def profile_table(profile: Profile) -> pd.DataFrame:
-    """Every setting of the profile used, one row each (printed at the top of each chapter)."""
-    return pd.DataFrame(config_table(profile), columns=["setting", "value"])
+def profile_table(profile: Profile, *sections: str) -> pd.DataFrame:
+    """The settings of the profile used, one row each: those of `sections` (a chapter shows
+    the settings it uses), or every setting when none is named (the first chapter)."""
+    rows = config_table(profile, sections) if sections else config_table(profile)
+    return pd.DataFrame(rows, columns=["setting", "value"])
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -51,15 +84,6 @@ def weights_warning(work_dir: str) -> Any:
     from IPython.display import HTML
 
     from .manifest import read_manifest
+    from .training import weights_banner
 
-    weights = read_manifest(work_dir).get("weights")
-    if weights is None:
-        return HTML("<p><b>Network weights:</b> no training run recorded yet.</p>")
-    if weights.get("pretrained"):
-        return HTML(f"<p><b>Network weights:</b> {weights.get('summary', 'ImageNet')}</p>")
-    return HTML(
-        '<div style="border:3px solid #b00020;background:#fdecea;padding:0.8em;'
-        'font-size:1.1em"><b>WARNING: the network was NOT initialised with ImageNet weights'
-        f"</b> ({weights.get('summary', 'random weights')}). These results are not transfer "
-        "learning and must not be read as the study's method.</div>"
-    )
+    return HTML(weights_banner(read_manifest(work_dir).get("weights")))

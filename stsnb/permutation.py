@@ -29,9 +29,10 @@ from .features import SliceSource
 from .folds import patient_table
 from .linear import patient_matrix
 from .linear_runs import POOLED_FILE
-from .results import auc_order, discover_runs, patient_aucs, split_predictions
+from .results import auc_order, patient_aucs, split_predictions
+from .runs import discover_runs
 from .significance import PermutationResult, p_values, permutation_null
-from .store import hash_config, record_timing, write_csv_atomic, write_json_atomic
+from .store import hash_config, read_json, record_timing, write_csv_atomic, write_json_atomic
 
 SIGNIFICANCE_FILE = "significance.csv"
 SIGNIFICANCE_DIR = "significance"
@@ -51,9 +52,8 @@ def pooled_patient_features(work_dir: str | Path, source: SliceSource, split: st
     pids_index = source.index["patient_id"].astype(str).to_numpy()
     matrices, keys, pids = {}, {}, None
     for run in runs.itertuples():
-        import json
-
-        record = json.loads((run.dir / "run.json").read_text(encoding="utf-8"))
+        record = read_json(run.dir / "run.json",
+                           fix=f"rerun chapter 04 for combination {run.combo}.")
         pooled = np.load(run.dir / POOLED_FILE)
         if pooled.shape[0] != len(pids_index):
             raise StsnbError(f"{run.dir / POOLED_FILE} has {pooled.shape[0]} rows for "

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .store import write_json_atomic
+from .store import read_json, write_json_atomic
 
 #: bf16 must be at least this many times faster than fp32 to be chosen.
 MIN_SPEEDUP = 1.3
@@ -139,20 +139,13 @@ def measure_throughput(precision: str, budget_s: float | None = None) -> float:
     return MEASURE_IMAGES / (time.perf_counter() - started)
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def cpu_precision(measure: Callable[..., float] | None = None,
                   refresh: bool = False) -> PrecisionChoice:
     """This machine's choice: from the cache when its key was measured before, else measured
     now (fp32 first, then bf16 with fp32's time as the warm-up's budget) and stored."""
     key = machine_key()
     path = cache_dir() / CACHE_FILE
-    cache = _read_cache(path)
+    cache = read_json(path)
     entry = cache.get(_key_text(key))
     if entry and not refresh:
         return PrecisionChoice(entry["precision"], entry["fp32_images_per_s"],

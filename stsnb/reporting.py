@@ -33,16 +33,15 @@ from .errors import StsnbError
 from .failures import FAILURES_FILE
 from .gradcam import GRADCAM_DIR, SHARES_FILE, gtv_share_test
 from .manifest import read_manifest
+from .metrics import THRESHOLD, patient_predictions, rank_auc
 from .results import (
-    THRESHOLD,
     auc_order,
     combination_names,
     patient_aucs,
     patient_metrics_ci,
-    patient_predictions,
-    rank_auc,
     split_predictions,
 )
+from .runs import run_dir
 
 TRIPOD = "TRIPOD+AI"
 CLAIM = "CLAIM 2024"
@@ -409,7 +408,7 @@ def performance(f: RunFacts) -> str:
     linear = split_predictions(f.work_dir, "patient", combos=[f.best_combo], head="linear")
     if f.best_combo in linear:
         text += f"; linear head, same combination: {_auc_ci(f, linear[f.best_combo])}"
-    radiomics = f.work_dir / "runs" / "patient" / "radiomics-all-lr" / "predictions.csv"
+    radiomics = run_dir(f.work_dir, "patient", "radiomics-all-lr") / "predictions.csv"
     if radiomics.exists():
         text += f"; radiomics-all-lr: {_auc_ci(f, pd.read_csv(radiomics))}"
     return text + "."

@@ -12,13 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
-    balanced_accuracy_score,
     brier_score_loss,
-    confusion_matrix,
     roc_auc_score,
     roc_curve,
 )
@@ -26,11 +23,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .errors import StsnbError
-
-PREDICTION_COLUMNS = ("patient_id", "slice_index", "fold", "label", "prob")
-#: Decision threshold on the predicted probability of distant metastasis.
-THRESHOLD = 0.5
-METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "auc")
+from .folds import SPLITS
+from .metrics import (
+    METRICS,
+    PREDICTION_COLUMNS,
+    STUDY_METRICS,
+    binary_metrics,
+    patient_predictions,
+    rank_auc,
+)
+from .metrics import metric as metric_function
+from .runs import discover_runs, load_predictions
 
 #: The study's published table (results slide 2): slice-level 10-fold CV, mean +- std.
 STUDY_TABLE = pd.DataFrame(
@@ -55,53 +58,6 @@ STUDY_TABLE = pd.DataFrame(
 )
 
 
-def predictions_path(work_dir: str | Path, split: str, combo: int) -> Path:
-    """`work_dir/runs/<split>/combo<NN>/predictions.csv`."""
-    return Path(work_dir) / "runs" / split / f"combo{int(combo):02d}" / "predictions.csv"
-
-
-def load_predictions(path: str | Path) -> pd.DataFrame:
-    """Read and validate a predictions.csv (one row per test slice)."""
-    path = Path(path)
-    if not path.exists():
-        raise StsnbError(f"{path} not found. Fix: run chapter 04 for this combination first.")
-    table = pd.read_csv(path, dtype={"patient_id": str})
-    missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
-    if missing:
-        raise StsnbError(f"{path} lacks the columns {missing}; found {list(table.columns)}.")
-    if not table["prob"].between(0, 1).all() or not table["label"].isin([0, 1]).all():
-        raise StsnbError(f"{path}: prob must lie in [0, 1] and label be 0 or 1.")
-    return table
-
-
-def binary_metrics(label: np.ndarray, prob: np.ndarray, threshold: float = THRESHOLD) -> dict:
-    """Accuracy, sensitivity, specificity, precision, F1, balanced accuracy and AUC.
-
-    A ratio whose denominator is empty (e.g. precision with no positive call) is NaN; AUC is
-    NaN when only one class is present.
-    """
-    label = np.asarray(label).astype(int)
-    pred = (np.asarray(prob) >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(label, pred, labels=[0, 1]).ravel()
-
-    def ratio(a: float, b: float) -> float:
-        return float(a / b) if b else float("nan")
-
-    sensitivity, precision = ratio(tp, tp + fn), ratio(tp, tp + fp)
-    specificity = ratio(tn, tn + fp)
-    both = len(np.unique(label)) == 2
-    return {
-        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
-        "sensitivity": sensitivity,
-        "specificity": specificity,
-        "precision": precision,
-        "f1": ratio(2 * tp, 2 * tp + fp + fn),
-        "balanced_accuracy": float(balanced_accuracy_score(label, pred)) if both else float("nan"),
-        "auc": float(roc_auc_score(label, prob)) if both else float("nan"),
-        "n": int(len(label)),
-    }
-
-
 def fold_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     """Slice-level metrics of each test fold (the study's unit)."""
     rows = [
@@ -114,17 +70,6 @@ def fold_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
 def mean_std(per_fold: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> dict[str, tuple]:
     """(mean, std) over folds of each metric (std with ddof=1, NaN folds ignored)."""
     return {m: (float(per_fold[m].mean()), float(per_fold[m].std(ddof=1))) for m in metrics}
-
-
-def patient_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient: the mean of its slice probabilities, its label, fold and slices."""
-    grouped = predictions.groupby("patient_id", sort=True)
-    table = grouped.agg(label=("label", "first"), prob=("prob", "mean"), fold=("fold", "first"),
-                        n_slices=("prob", "size"), label_unique=("label", "nunique"))
-    if (table["label_unique"] > 1).any():
-        bad = list(table.index[table["label_unique"] > 1])
-        raise StsnbError(f"Patients with slices of both labels in predictions: {bad}.")
-    return table.drop(columns="label_unique").reset_index()
 
 
 def bootstrap_ci(
@@ -155,53 +100,6 @@ def bootstrap_ci(
     return estimate, float(low), float(high)
 
 
-def rank_auc(label: np.ndarray, prob: np.ndarray) -> float:
-    """AUC as the Mann-Whitney statistic (average ranks for ties); NaN with one class only.
-
-    Equal to sklearn's roc_auc_score, without its input checks: used in bootstrap loops.
-    """
-    positive = np.asarray(label) == 1
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(prob)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _threshold_metric(name: str, label: np.ndarray, prob: np.ndarray) -> float:
-    """One of binary_metrics' threshold metrics from plain counts (same NaN rules)."""
-    label = np.asarray(label) == 1
-    pred = np.asarray(prob) >= THRESHOLD
-    tp, fn = float(np.sum(label & pred)), float(np.sum(label & ~pred))
-    fp, tn = float(np.sum(~label & pred)), float(np.sum(~label & ~pred))
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else float("nan")
-
-    if name == "balanced_accuracy":
-        if tp + fn == 0 or tn + fp == 0:
-            return float("nan")
-        return (ratio(tp, tp + fn) + ratio(tn, tn + fp)) / 2.0
-    return {
-        "accuracy": lambda: ratio(tp + tn, tp + tn + fp + fn),
-        "sensitivity": lambda: ratio(tp, tp + fn),
-        "specificity": lambda: ratio(tn, tn + fp),
-        "precision": lambda: ratio(tp, tp + fp),
-        "f1": lambda: ratio(2 * tp, 2 * tp + fp + fn),
-    }[name]()
-
-
-def _metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    """A fast equivalent of binary_metrics(y, p)[name] for bootstrap loops."""
-    if name == "auc":
-        return rank_auc
-    if name in ("accuracy", "sensitivity", "specificity", "precision", "f1",
-                "balanced_accuracy"):
-        return lambda y, p: _threshold_metric(name, y, p)
-    return lambda y, p: binary_metrics(y, p)[name]
-
-
 def patient_metrics_ci(predictions: pd.DataFrame, n_boot: int = 2000, seed: int = 0,
                        metrics: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy",
                                                    "sensitivity", "specificity")) -> pd.DataFrame:
@@ -210,7 +108,7 @@ def patient_metrics_ci(predictions: pd.DataFrame, n_boot: int = 2000, seed: int 
     rows = []
     for name in metrics:
         est, low, high = bootstrap_ci(patients["label"].to_numpy(), patients["prob"].to_numpy(),
-                                      _metric(name), n_boot=n_boot, seed=seed)
+                                      metric_function(name), n_boot=n_boot, seed=seed)
         rows.append({"metric": name, "estimate": est, "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows)
 
@@ -362,48 +260,6 @@ def study_comparison(ours: Mapping[int, pd.DataFrame],
     return pd.DataFrame(rows)
 
 
-SPLITS = ("patient", "slice", "random")
-
-
-def discover_runs(work_dir: str | Path, head: str = "fc") -> pd.DataFrame:
-    """Every finished run under `work_dir/runs/`: split, combo (number), head and its folder.
-
-    `head`: 'fc' (the study's head, ``runs/<split>/combo<NN>/``), 'linear'
-    (``runs/<split>/combo<NN>/linear/``), 'all' (both) or 'radiomics' (the radiomics models,
-    ``runs/<split>/radiomics-<set>-<model>/``: head ``radiomics-<model>``, and `combo` holds the
-    feature set's name, not a combination number; never part of 'all').
-    """
-    if head not in ("fc", "linear", "all", "radiomics"):
-        raise StsnbError(f"Unknown head {head!r}: expected fc, linear, all or radiomics.")
-    if head == "radiomics":
-        return _discover_radiomics_runs(work_dir)
-    patterns = {"fc": "runs/*/combo*/predictions.csv",
-                "linear": "runs/*/combo*/linear/predictions.csv"}
-    rows = []
-    for name, pattern in patterns.items():
-        if head not in (name, "all"):
-            continue
-        for path in sorted(Path(work_dir).glob(pattern)):
-            combo_dir = path.parent if name == "fc" else path.parent.parent
-            split, combo = combo_dir.parent.name, combo_dir.name
-            if split in SPLITS and combo[5:].isdigit():
-                rows.append({"split": split, "combo": int(combo[5:]), "head": name,
-                             "dir": path.parent})
-    return pd.DataFrame(rows, columns=["split", "combo", "head", "dir"])
-
-
-def _discover_radiomics_runs(work_dir: str | Path) -> pd.DataFrame:
-    """The radiomics runs: split, combo (the feature set), head (radiomics-<model>), dir."""
-    from .radiomics.models import head_name, parse_run_name
-
-    rows = []
-    for path in sorted(Path(work_dir).glob("runs/*/radiomics-*/predictions.csv")):
-        parsed = parse_run_name(path.parent.name)
-        split = path.parent.parent.name
-        if parsed is not None and split in SPLITS:
-            rows.append({"split": split, "combo": parsed[0], "head": head_name(parsed[1]),
-                         "dir": path.parent})
-    return pd.DataFrame(rows, columns=["split", "combo", "head", "dir"])
 
 
 def best_epoch_accuracy(history: pd.DataFrame) -> pd.DataFrame:
@@ -430,7 +286,7 @@ def combination_summary(work_dir: str | Path, split: str, n_boot: int = 2000,
         per_fold = fold_metrics(preds)
         summary = mean_std(per_fold)
         row = {"combo": run.combo, "name": names.get(run.combo, str(run.combo))}
-        for metric in ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc"):
+        for metric in STUDY_METRICS:
             row[f"slice_{metric}_mean"], row[f"slice_{metric}_std"] = summary[metric]
         ci = patient_metrics_ci(preds, n_boot=n_boot, seed=seed,
                                 metrics=("auc", "balanced_accuracy")).set_index("metric")
@@ -554,6 +410,19 @@ def chance_band(n_positive: int, n_negative: int, level: float = 0.95) -> tuple[
     return max(0.0, 0.5 - z * sd), min(1.0, 0.5 + z * sd)
 
 
+def chance_band_sentence(verdicts: pd.DataFrame, significance: pd.DataFrame) -> str:
+    """The analytic chance band of these patients next to the linear head's permutation null
+    (its 95th percentile, patient split, over the combinations)."""
+    linear = significance[(significance["head"] == "linear")
+                          & (significance["split"] == "patient")]["null_95th"]
+    band = (f"Analytic band for these patients: {verdicts.band_low.iloc[0]:.2f}-"
+            f"{verdicts.band_high.iloc[0]:.2f}")
+    if linear.empty:
+        return band + "; no permutation null of the linear head yet."
+    return (f"{band}; 95th percentile of the linear head's permutation null: "
+            f"{linear.min():.2f}-{linear.max():.2f} over the combinations.")
+
+
 def chance_verdicts(work_dir: str | Path, level: float = 0.95) -> pd.DataFrame:
     """Each run's patient-level AUC against the chance band for its patients.
 
@@ -622,15 +491,3 @@ def results_summary(summary: pd.DataFrame, ranked: pd.DataFrame, by_split: pd.Da
         text.append("Patient-level AUC of the baselines on the same folds: " + ", ".join(parts)
                     + ".")
     return " ".join(text)
-
-
-def run_record(work_dir: str | Path, split: str, combo: int) -> dict:
-    """The FC run's ``run.json`` of (split, combo); StsnbError naming the fix when absent."""
-    import json
-
-    path = Path(work_dir) / "runs" / split / f"combo{int(combo):02d}" / "run.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StsnbError(f"{path} is missing or unreadable: run chapter 04 for combination "
-                         f"{combo} ({split} split) first.") from exc

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError
-from .linear import DEFAULT_CS, nested_cv_batch, patient_folds, roc_auc
+from .linear import DEFAULT_CS, nested_cv_batch, patient_folds
+from .metrics import roc_auc
 
 #: Mixed into each permutation's seed, with the seed and the permutation number.
 PERMUTATION_SALT = 0xC0FFEE

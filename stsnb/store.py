@@ -65,12 +65,16 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """The JSON object in `path`; {} when it is missing or unreadable (a record not written)."""
+def read_json(path: str | Path, fix: str | None = None) -> dict[str, Any]:
+    """The JSON object in `path`; {} when it is missing or unreadable (a record not written),
+    or, when `fix` says how to make it, a StsnbError naming the file and the fix."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    except (OSError, ValueError) as exc:
+        if fix is None:
+            return {}
+        why = "is missing" if isinstance(exc, FileNotFoundError) else f"is unreadable ({exc})"
+        raise StsnbError(f"{path} {why}. Fix: {fix}") from exc
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
@@ -116,6 +120,73 @@ def cohort_checksum(cohort_dir: str | Path) -> str:
     return hash_files(files, root)
 
 
+class Record:
+    """A JSON file vouching that the outputs it lists were made with one key (its hash).
+
+    Every output is listed relative to `root` (default: the record's folder) with its size, so
+    a missing, truncated or rewritten output makes the record stop vouching. The one check
+    "is this output current?" of every stage (curation, registration, slices, runs, folds,
+    radiomics) goes through :meth:`current`.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = write_text_atomic(folder / "table.csv", "a,b\\n1,2\\n")
+    >>> record = Record(folder / "record.json")
+    >>> _ = record.finish("abc", ["table.csv"])
+    >>> record.is_current("abc"), record.is_current("other")
+    (True, False)
+    >>> _ = write_text_atomic(folder / "table.csv", "a,b\\n")  # rewritten: another size
+    >>> record.is_current("abc")
+    False
+    """
+
+    def __init__(self, path: str | Path, root: str | Path | None = None) -> None:
+        self.path = Path(path)
+        self.root = Path(root) if root is not None else self.path.parent
+
+    def read(self) -> dict[str, Any]:
+        """The stored record; {} when absent or unreadable (a crash mid-write)."""
+        return read_json(self.path)
+
+    def current(self, key_hash: str, **expected: Any) -> dict[str, Any] | None:
+        """The record when it was made with `key_hash` (and holds the `expected` values), and
+        every output it lists exists with its recorded size; else None."""
+        record = self.read()
+        if not record or record.get("key_hash") != key_hash:
+            return None
+        if any(record.get(name) != value for name, value in expected.items()):
+            return None
+        if not all((self.root / rel).exists() for rel in record.get("outputs", [])):
+            return None
+        return record if outputs_intact(self.root, record.get("sizes", {})) else None
+
+    def is_current(self, key_hash: str, **expected: Any) -> bool:
+        return self.current(key_hash, **expected) is not None
+
+    def invalidate(self) -> None:
+        """Remove the record before the outputs are rewritten: a run killed while rewriting
+        them never leaves a record that vouches for a mix of old and new files."""
+        self.path.unlink(missing_ok=True)
+
+    def finish(self, key_hash: str, outputs: Iterable[str | Path],
+               **fields: Any) -> dict[str, Any]:
+        """Write the record (key hash, `fields`, outputs relative to `root` with their sizes,
+        time) after the outputs were written; return it."""
+        rel = []
+        for out in outputs:
+            out = Path(out)
+            try:  # a path under root (relative or absolute like root itself)
+                out = out.relative_to(self.root)
+            except ValueError:  # already relative to root
+                pass
+            rel.append(out.as_posix())
+        record = {"key_hash": key_hash, **fields, "outputs": rel,
+                  "sizes": output_sizes(rel, self.root),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json_atomic(self.path, record)
+        return record
+
+
 class Stage:
     """The record of one stage's outputs under `work_dir/<name>/` and the key that made them."""
 
@@ -125,32 +196,24 @@ class Stage:
         self.key = key
         self.key_hash = hash_config(key)
         self.dir = self.work_dir / name
+        self.record = Record(self.dir / STAGE_RECORD, root=self.work_dir)
         self._started = time.perf_counter()
 
     @property
     def record_path(self) -> Path:
-        return self.dir / STAGE_RECORD
+        return self.record.path
 
     def read_record(self) -> dict[str, Any] | None:
         """The stored record, or None when absent or unreadable (a crash mid-write)."""
-        try:
-            return json.loads(self.record_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+        return self.record.read() or None
 
     def is_current(self) -> bool:
         """True when the outputs exist, whole (sizes as recorded), and were made with the key."""
-        record = self.read_record()
-        if not record or record.get("key_hash") != self.key_hash:
-            return False
-        if not all((self.work_dir / rel).exists() for rel in record.get("outputs", [])):
-            return False
-        return outputs_intact(self.work_dir, record.get("sizes", {}))
+        return self.record.is_current(self.key_hash)
 
     def invalidate(self) -> None:
-        """Remove the record before the outputs are rewritten: a run killed while rewriting
-        them never leaves a record that vouches for a mix of old and new files."""
-        self.record_path.unlink(missing_ok=True)
+        """Remove the record before the outputs are rewritten (see `Record.invalidate`)."""
+        self.record.invalidate()
 
     def start(self) -> None:
         """Mark the start of the work (for the timing) and make the folder."""
@@ -159,25 +222,10 @@ class Stage:
 
     def finish(self, outputs: Iterable[str | Path]) -> dict[str, Any]:
         """Record the key and the outputs (relative to work_dir) after they were written."""
-        rel = []
-        for out in outputs:
-            out = Path(out)
-            try:  # a path under work_dir (relative or absolute like work_dir itself)
-                out = out.relative_to(self.work_dir)
-            except ValueError:  # already relative to work_dir
-                pass
-            rel.append(out.as_posix())
-        record = {
-            "stage": self.name,
-            "key_hash": self.key_hash,
-            "key": self.key,
-            "outputs": rel,
-            "sizes": output_sizes(rel, self.work_dir),
-            "seconds": round(time.perf_counter() - self._started, 3),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        write_json_atomic(self.record_path, record)
-        record_timing(self.work_dir, self.name, record["seconds"])
+        seconds = round(time.perf_counter() - self._started, 3)
+        record = self.record.finish(self.key_hash, outputs, stage=self.name, key=self.key,
+                                    seconds=seconds)
+        record_timing(self.work_dir, self.name, seconds)
         return record
 
 

@@ -28,13 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from .combinations import Combination, resolve_combo
@@ -58,6 +52,7 @@ from .head import (
     reuse_freed_memory,
 )
 from .manifest import read_manifest, software_key, update_manifest
+from .metrics import PREDICTION_COLUMNS, THRESHOLD, study_metrics
 from .model import (
     ModelBundle,
     WeightsInfo,
@@ -67,28 +62,23 @@ from .model import (
     imagenet_url,
     prepare_backbone,
 )
+from .runs import RUN_RECORD, CrossValidationRun, run_dir
 from .store import (
+    Record,
     atomic_path,
     hash_config,
-    output_sizes,
-    outputs_intact,
     read_json,
     record_timing,
     remove_stale_temporaries,
     write_csv_atomic,
-    write_json_atomic,
 )
 
 STAGE = "training"
-RUNS_DIR = "runs"
-RUN_RECORD = "run.json"
 FOLD_RECORD = "fold.json"
 HEAD_FILE = "head.pt"
 #: Bumped when the meaning of a run's outputs changes (part of every run key).
 RUN_FORMAT = 2
-THRESHOLD = 0.5  # a slice is called positive when prob >= this
 EVAL_CHUNK = 256  # slices per forward pass when evaluating
-PREDICTION_COLUMNS = ("patient_id", "slice_index", "fold", "label", "prob")
 HISTORY_COLUMNS = ("fold", "epoch", "phase", "loss", "accuracy")
 HEAD_FORMS = ("dual", "primal", "naive")
 
@@ -289,26 +279,6 @@ def fit_fold(head: Any, labels: torch.Tensor, fold: Fold, config: TrainingConfig
     )
 
 
-def classification_metrics(labels: np.ndarray, prob: np.ndarray,
-                           threshold: float = THRESHOLD) -> dict[str, float]:
-    """Slice-level accuracy, sensitivity, specificity, precision, F1 (threshold) and AUC."""
-    labels = np.asarray(labels, dtype=int)
-    predicted = (np.asarray(prob) >= threshold).astype(int)
-    both = len(np.unique(labels)) == 2
-    nan = math.nan
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "sensitivity": float(recall_score(labels, predicted, pos_label=1, labels=[0, 1],
-                                          zero_division=nan)),
-        "specificity": float(recall_score(labels, predicted, pos_label=0, labels=[0, 1],
-                                          zero_division=nan)),
-        "precision": float(precision_score(labels, predicted, labels=[0, 1],
-                                           zero_division=nan)),
-        "f1": float(f1_score(labels, predicted, labels=[0, 1], zero_division=nan)),
-        "auc": float(roc_auc_score(labels, prob)) if both else nan,
-    }
-
-
 # -- heads over a fold plan ------------------------------------------------------------------
 
 def naive_inputs(bundle: ModelBundle, source: SliceSource, channels: tuple[str, str, str],
@@ -449,11 +419,6 @@ def cross_validate(source: SliceSource, combination: Combination, plan: FoldPlan
 
 # -- one combination, on disk ----------------------------------------------------------------
 
-def run_dir(work_dir: str | Path, split: str, number: int) -> Path:
-    """``work_dir/runs/<split>/combo<NN>``."""
-    return Path(work_dir) / RUNS_DIR / split / f"combo{int(number):02d}"
-
-
 def run_key(source: SliceSource, combination: Combination, split: str, seed: int,
             config: TrainingConfig, weights: WeightsInfo, precision: str) -> dict[str, Any]:
     """Everything a run's outputs depend on (the device is recorded, not keyed)."""
@@ -468,10 +433,7 @@ def run_key(source: SliceSource, combination: Combination, split: str, seed: int
 
 def run_is_current(out: Path, key_hash: str) -> bool:
     """True when ``out/run.json`` was made with `key_hash` and its outputs exist, whole."""
-    record = read_json(out / RUN_RECORD)
-    return record.get("key_hash") == key_hash and all(
-        (out / name).exists() for name in record.get("outputs", [])) and outputs_intact(
-        out, record.get("sizes", {}))
+    return Record(out / RUN_RECORD).is_current(key_hash)
 
 
 def is_done(source: SliceSource, work_dir: str | Path, profile: Profile | str,
@@ -494,17 +456,8 @@ def is_done(source: SliceSource, work_dir: str | Path, profile: Profile | str,
 
 
 @dataclass
-class TrainingRun:
-    """One combination's cross-validation: the tables of DESIGN.md §4 and the run record."""
-
-    combination: Combination
-    split: str
-    run_dir: Path
-    predictions: pd.DataFrame
-    history: pd.DataFrame
-    fold_metrics: pd.DataFrame
-    record: dict[str, Any]
-    reused: bool
+class TrainingRun(CrossValidationRun):
+    """One combination's cross-validation by the FC head."""
 
     @property
     def weights(self) -> dict[str, Any]:
@@ -537,11 +490,7 @@ def _fold_files(out: Path, number: int, with_head: bool) -> list[Path]:
 
 def _fold_done(out: Path, fold: Fold, key_hash: str, with_head: bool) -> dict[str, Any] | None:
     files = _fold_files(out, fold.number, with_head)
-    record = read_json(files[-1])
-    ok = (record.get("key_hash") == key_hash and record.get("members") == _members_hash(fold)
-          and all(p.exists() for p in files)
-          and outputs_intact(files[-1].parent, record.get("sizes", {})))
-    return record if ok else None
+    return Record(files[-1]).current(key_hash, members=_members_hash(fold))
 
 
 def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource,
@@ -568,21 +517,15 @@ def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource
                         "run_key_hash": key_hash}, tmp)
     train_pids = set(plan.patient_ids[np.concatenate([fold.train, fold.val])])
     test_pids = set(plan.patient_ids[fold.test])
-    record = {
-        "key_hash": key_hash, "members": _members_hash(fold), "fold": fold.number,
-        "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-        "n_test_patients": len(test_pids), "test_patients_in_training": len(
-            test_pids & train_pids),
-        **classification_metrics(labels, outcome.test_prob),
-        "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
-        "stopped_early": outcome.stopped_early, "best_val_loss": outcome.best_val_loss,
-        "restored_train_loss": outcome.restored_train_loss,
-        "constant_loss": outcome.constant_loss,
-        "seconds": round(outcome.seconds, 3), "weights_pretrained": pretrained,
-        "sizes": output_sizes([f.name for f in files[:-1]], files[-1].parent),
-    }
-    write_json_atomic(files[-1], record)
-    return record
+    return Record(files[-1]).finish(
+        key_hash, [f.name for f in files[:-1]], members=_members_hash(fold), fold=fold.number,
+        n_train=len(fold.train), n_val=len(fold.val), n_test=len(fold.test),
+        n_test_patients=len(test_pids), test_patients_in_training=len(test_pids & train_pids),
+        **study_metrics(labels, outcome.test_prob),
+        best_epoch=outcome.best_epoch, epochs_run=outcome.epochs_run,
+        stopped_early=outcome.stopped_early, best_val_loss=outcome.best_val_loss,
+        restored_train_loss=outcome.restored_train_loss, constant_loss=outcome.constant_loss,
+        seconds=round(outcome.seconds, 3), weights_pretrained=pretrained)
 
 
 FOLD_METRIC_COLUMNS = ("fold", "n_train", "n_val", "n_test", "n_test_patients",
@@ -699,26 +642,23 @@ def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Comb
     metrics = pd.DataFrame(records).reindex(columns=list(FOLD_METRIC_COLUMNS))
     outputs = {"predictions.csv": predictions[list(PREDICTION_COLUMNS)],
                "history.csv": history[list(HISTORY_COLUMNS)], "fold_metrics.csv": metrics}
-    (out / RUN_RECORD).unlink(missing_ok=True)  # no record vouches for files being rewritten
+    run_record = Record(out / RUN_RECORD)
+    run_record.invalidate()  # no record vouches for files being rewritten
     for filename, table in outputs.items():
         write_csv_atomic(table, out / filename)
     head_seconds = round(float(metrics["seconds"].sum()) + extra_seconds, 3)
-    record = {
-        "key": key, "key_hash": key_hash, "outputs": list(outputs),
-        "sizes": output_sizes(list(outputs), out),
-        "combination": {"number": combination.number, "name": combination.name,
-                        "channels": list(combination.channels)},
-        "split": split, "labels": "permuted among patients (seeded)" if split == "random"
-        else "as recorded", "grouped_by_patient": split in GROUPED_SPLITS,
-        "weights": bundle.weights.manifest(), "weights_request": str(weights),
-        "backbone_request": str(backbone), "backbone": bundle.weights.backbone,
-        "device": str(device), "precision": precision, "head_form": "dual",
-        "features_key_hash": features.key_hash, "features_dir": features.dir.name,
-        "feature_seconds": round(features.total_seconds, 3), "head_seconds": head_seconds,
-        "heads_saved": with_head, "n_folds": len(plan.folds),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json_atomic(out / RUN_RECORD, record)
+    run_record.finish(
+        key_hash, list(outputs), key=key,
+        combination={"number": combination.number, "name": combination.name,
+                     "channels": list(combination.channels)},
+        split=split, labels="permuted among patients (seeded)" if split == "random"
+        else "as recorded", grouped_by_patient=split in GROUPED_SPLITS,
+        weights=bundle.weights.manifest(), weights_request=str(weights),
+        backbone_request=str(backbone), backbone=bundle.weights.backbone,
+        device=str(device), precision=precision, head_form="dual",
+        features_key_hash=features.key_hash, features_dir=features.dir.name,
+        feature_seconds=round(features.total_seconds, 3), head_seconds=head_seconds,
+        heads_saved=with_head, n_folds=len(plan.folds))
     record_timing(work_dir, f"training {split} combo{combination.number:02d}", head_seconds)
     return read_run(out, combination, split, reused=False)
 
@@ -813,15 +753,28 @@ def fold_model(work_dir: str | Path, split: str, combo: int | str, fold: int,
     return bundle
 
 
-def weights_warning(run: TrainingRun) -> str | None:
-    """The loud text to show when the network did not start from pretrained weights."""
-    if run.pretrained:
+def weights_warning(weights: dict[str, Any]) -> str | None:
+    """One sentence when the network (a manifest's or run's `weights` entry) did not start from
+    pretrained weights; None when it did."""
+    if weights.get("pretrained"):
         return None
-    backbone = run.weights.get("backbone", "vgg19")
-    return (f"WARNING - NOT TRANSFER LEARNING: this run's {backbone} started from random "
-            f"weights, not pretrained ones ({run.weights.get('summary')}). Its results do not "
-            f"reproduce the study. Fix: give torchvision's {Path(imagenet_url(backbone)).name} "
-            "through TORCH_HOME or WEIGHTS=, or use the offline filters (WEIGHTS=auto).")
+    backbone = weights.get("backbone", "vgg19")
+    return (f"Not transfer learning: this {backbone} started from random weights, so its "
+            f"results do not reproduce the study; give torchvision's "
+            f"{Path(imagenet_url(backbone)).name} through TORCH_HOME or WEIGHTS=, or use the "
+            "offline filters (WEIGHTS=auto).")
+
+
+def weights_banner(weights: dict[str, Any] | None) -> str:
+    """HTML for the top of a chapter: the network's weights in one line, or the warning of
+    `weights_warning` in a red box (the one banner of every chapter)."""
+    if weights is None:
+        return "<p><b>Network weights:</b> no training run recorded yet.</p>"
+    text = weights_warning(weights)
+    if text is None:
+        return f"<p><b>Network weights:</b> {html.escape(weights.get('summary', 'ImageNet'))}</p>"
+    return ('<div style="border:3px solid #b00020;background:#fdecea;padding:10px;'
+            f'font-weight:bold;color:#5f0010">WARNING: {html.escape(text)}</div>')
 
 
 def fold_metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -843,11 +796,7 @@ def fold_metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def weights_warning_html(run: TrainingRun) -> str | None:
     """A red box for the chapter (JupyterLab and the book) when the weights are not pretrained."""
-    text = weights_warning(run)
-    if text is None:
-        return None
-    return ('<div style="border:3px solid #b00020;background:#fdecea;padding:10px;'
-            f'font-weight:bold;color:#5f0010">{html.escape(text)}</div>')
+    return None if run.pretrained else weights_banner(run.weights)
 
 
 def training_summary(run: TrainingRun) -> str:

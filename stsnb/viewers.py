@@ -1,15 +1,21 @@
-"""Interactive viewers for live JupyterLab sessions, and the guard keeping them out of batch runs.
+"""Interactive viewers for live JupyterLab sessions, and the guards keeping the kernel running.
 
-itkwidgets 1.0 loads its viewer from the internet and waits for a front end: created under
-papermill (no front end), it makes the next cell hang until the timeout. :func:`live_frontend`
-says whether a person is at the notebook; :func:`itk_viewer` refuses to create a viewer otherwise.
+itkwidgets 1.0 loads its viewer from the internet and holds every later cell of the kernel until
+that viewer has loaded in the browser: created under papermill (no front end) or on a machine
+without internet (the front end never loads), it leaves every later cell waiting for good.
+:func:`live_frontend` says whether a person is at the notebook and :func:`itk_frontend` whether
+the viewer's front end can load; :func:`itk_viewer` creates a viewer only when both hold.
 The ipywidgets + matplotlib :func:`slice_viewer` needs no internet and is safe anywhere.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,6 +23,19 @@ import SimpleITK as sitk
 #: Set (to anything but 0/false/no) by batch runners; the kernel inherits it from papermill's
 #: process. stsnb.book sets it for the chapters it executes.
 PAPERMILL_ENV = "PAPERMILL_EXECUTION"
+
+#: What the browser loads for an itkwidgets viewer, as in itkwidgets 1.0a55's viewer_config.py
+#: (the version pinned in pyproject.toml): the viewer application (ITK_VIEWER_SRC) and the
+#: interface it opens with (PYDATA_SPHINX_HREF). Neither comes with the package.
+ITK_FRONTEND_URLS = (
+    "https://bafybeieiqiiwvdq66e2bndws5nwojbe4wwerbxyua6u37axxivi2rwf7wy.ipfs.dweb.link/",
+    "https://cdn.jsdelivr.net/npm/itk-viewer-bootstrap-ui@0.30.0/dist/"
+    "bootstrapUIMachineOptions.js.es.js",
+)
+#: The JupyterLab extension (ImJoy) through which itkwidgets opens its viewer in the browser.
+ITK_LAB_EXTENSION = "imjoy-jupyterlab-extension"
+#: Seconds :func:`itk_frontend` waits for the front end's addresses to answer.
+FRONTEND_TIMEOUT_S = 3.0
 
 
 def _truthy(value: str | None) -> bool:
@@ -48,6 +67,63 @@ def live_frontend() -> tuple[bool, str]:
     return True, ""
 
 
+def _lab_extension_installed(name: str) -> bool:
+    """Whether JupyterLab extension `name` is installed where this environment's Jupyter
+    looks for them (the environment's share/jupyter, the user's and the system's)."""
+    from jupyter_core.paths import jupyter_path
+
+    return any((Path(folder) / name / "package.json").is_file()
+               for folder in jupyter_path("labextensions"))
+
+
+def _unreachable(url: str, timeout_s: float) -> str | None:
+    """None when `url` answers (HTTP status below 400) within `timeout_s`, else why not."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        # refused, timed out, an unknown host, a malformed answer
+        return str(getattr(error, "reason", None) or error) or type(error).__name__
+
+
+def itk_frontend(timeout_s: float = FRONTEND_TIMEOUT_S) -> tuple[bool, str]:
+    """(True, '') when an itkwidgets viewer can load in the browser, else (False, why).
+
+    It can when the JupyterLab extension it opens through is installed and every address of
+    :data:`ITK_FRONTEND_URLS` answers within `timeout_s` seconds (name lookup included; the
+    addresses are asked from the kernel's machine, which serves the browser in the usual
+    set-up). Proxy settings are taken from the environment (https_proxy, no_proxy).
+    """
+    if not _lab_extension_installed(ITK_LAB_EXTENSION):
+        return False, (f"the JupyterLab extension it opens through ({ITK_LAB_EXTENSION}) is "
+                       "not installed")
+    answers: dict[str, str | None] = {}
+
+    def ask(url: str) -> None:
+        answers[url] = _unreachable(url, timeout_s)
+
+    # a thread per address: the name lookup ignores socket timeouts, the join below does not
+    threads = [threading.Thread(target=ask, args=(url,), daemon=True)
+               for url in ITK_FRONTEND_URLS]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for url in ITK_FRONTEND_URLS:
+        why = answers.get(url, f"no answer within {timeout_s:g} s")
+        if why is not None:
+            return False, (f"its front end loads from the internet and {urlsplit(url).hostname} "
+                           f"did not answer ({why})")
+    return True, ""
+
+
 def to_viewer_image(image: sitk.Image) -> Any:
     """A SimpleITK image as an NGFF image for itkwidgets (z, y, x axes; spacing and origin, mm)."""
     from ngff_zarr import to_ngff_image
@@ -61,17 +137,30 @@ def to_viewer_image(image: sitk.Image) -> Any:
 
 
 def itk_viewer(fixed: sitk.Image, moving: sitk.Image, contour: sitk.Image,
-               interactive: bool = True) -> Any | None:
+               interactive: bool = True, frontend_timeout_s: float | None = None) -> Any | None:
     """An itkwidgets viewer comparing `fixed` (CT) and `moving` (registered MR, same grid) with
-    `contour` as a label map; None (with a printed reason) when off or not in a live session."""
+    `contour` as a label map; None (with a printed reason) when off or not in a live session.
+
+    `frontend_timeout_s`: first check for up to that many seconds that the viewer's front end
+    can load (:func:`itk_frontend`) and create none when it cannot, since itkwidgets would hold
+    every later cell until it has loaded; None skips the check (a caller that knows it loads).
+    """
     if not interactive:
-        print("itkwidgets viewer off (interactive=False); the static figures above show the same.")
+        print("itkwidgets viewer off; the slice viewer and the static figures show the same "
+              "images.")
         return None
     live, why = live_frontend()
     if not live:
         print(f"itkwidgets viewer not created: {why}. Open the notebook in JupyterLab with "
-              "interactive=True to use it.")
+              "itk_viewer=True to use it.")
         return None
+    if frontend_timeout_s is not None:
+        loads, why = itk_frontend(frontend_timeout_s)
+        if not loads:
+            print(f"itkwidgets viewer not created: {why}, and a viewer whose front end cannot "
+                  "load would hold every later cell; the slice viewer (interactive=True) works "
+                  "offline.")
+            return None
     import itkwidgets
 
     return itkwidgets.view(

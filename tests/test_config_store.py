@@ -91,3 +91,19 @@ def test_unwritable_work_dir_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(StsnbError, match="work_dir .* cannot be written"):
         ensure_writable_dir(blocker / "work")
+
+
+def test_a_chapter_shows_the_settings_it_uses_and_the_first_page_all():
+    from stsnb.config import QUICK
+    from stsnb.notebook import profile_table
+
+    everything = profile_table(QUICK)
+    training = profile_table(QUICK, "training")
+    assert training["setting"].iloc[0] == "profile" and training["value"].iloc[0] == "quick"
+    assert all(s.startswith("training.") for s in training["setting"].iloc[1:])
+    assert set(training["setting"]) < set(everything["setting"])
+    assert {"registration.", "preprocessing.", "radiomics."} <= {
+        s.split(".")[0] + "." for s in everything["setting"]}
+    assert "synthetic_patients" in set(everything["setting"])
+    with pytest.raises(ConfigError, match="Unknown profile sections"):
+        profile_table(QUICK, "trainig")

@@ -22,7 +22,7 @@ from stsnb.calibration import (
 )
 from stsnb.delong import delong_covariance, delong_test, paired_delong, structural_components
 from stsnb.errors import StsnbError
-from stsnb.results import rank_auc
+from stsnb.metrics import rank_auc
 
 
 def direct_components(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

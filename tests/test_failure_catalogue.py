@@ -159,13 +159,13 @@ def _work_dir_not_writable(tmp):
 
 
 def _predictions_missing(tmp):
-    from stsnb.results import load_predictions
+    from stsnb.runs import load_predictions
 
     return load_predictions(tmp / "runs" / "patient" / "combo09" / "predictions.csv")
 
 
 def _predictions_mixed_labels(tmp):
-    from stsnb.results import patient_predictions
+    from stsnb.metrics import patient_predictions
 
     table = pd.DataFrame({"patient_id": ["P01", "P01"], "slice_index": [3, 4], "fold": [1, 1],
                           "label": [0, 1], "prob": [0.2, 0.7]})

@@ -10,11 +10,11 @@ from stsnb.gradcam import (
     gradcam_maps,
     last_conv_layer,
     mass_shares,
-    outcome_class,
     overlay,
     ring_mask,
     select_slices,
 )
+from stsnb.metrics import outcome_class
 from stsnb.model import LAST_CONV, build_model
 
 

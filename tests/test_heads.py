@@ -14,14 +14,16 @@ import pandas as pd
 import pytest
 from test_training import synthetic_volumes
 
-from stsnb import controls, results
+from stsnb import controls
 from stsnb.config import SMOKE
 from stsnb.errors import ConfigError, StsnbError
 from stsnb.features import read_feature_cache
 from stsnb.folds import make_folds
-from stsnb.linear import pool_features, roc_auc
+from stsnb.linear import pool_features
 from stsnb.linear_runs import POOLED_FILE, linear_dir, linear_done, run_linear_training
+from stsnb.metrics import patient_predictions, roc_auc
 from stsnb.modalities import STUDY_MODALITIES
+from stsnb.runs import discover_runs
 from stsnb.significance import p_values, permutation_null
 from stsnb.training import run_training
 
@@ -60,7 +62,7 @@ def test_linear_run_follows_the_contract_and_the_fc_folds(tiny_runs):
     record = json.loads((out / "run.json").read_text())
     assert record["head"] == "linear" and record["pooling"] == SMOKE.training.linear_pooling
     # the GTV of these volumes is bright for label 1: the linear head separates them
-    patients = results.patient_predictions(preds)
+    patients = patient_predictions(preds)
     assert roc_auc(patients["label"].to_numpy(), patients["prob"].to_numpy()) > 0.8
 
 
@@ -69,9 +71,9 @@ def test_linear_run_is_reused_and_found_beside_the_fc_run(tiny_runs):
     assert linear_done(store, work, SMOKE, 9, "patient", 0)
     again = run_linear_training(work, SMOKE, seed=0, combo=9, store=store, fc_run=fc)
     assert again.reused and again.predictions.equals(linear.predictions)
-    runs = results.discover_runs(work, "all")
+    runs = discover_runs(work, "all")
     assert sorted(runs["head"]) == ["fc", "linear"]
-    assert results.discover_runs(work)["head"].tolist() == ["fc"]
+    assert discover_runs(work)["head"].tolist() == ["fc"]
     assert not linear_done(store, work, SMOKE, 9, "patient", seed=1)
 
 
@@ -128,7 +130,7 @@ def smoke_pooled(work, store):
     """Per-slice features of every combination of the smoke run, read from its feature caches
     (the ones the FC runs recorded) and pooled over the whole slice."""
     pooled = {}
-    for run in results.discover_runs(work).itertuples():
+    for run in discover_runs(work).itertuples():
         if run.split == "patient":
             record = json.loads((run.dir / "run.json").read_text())
             values = read_feature_cache(work, record["features_dir"], store,

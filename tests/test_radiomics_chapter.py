@@ -8,8 +8,8 @@ import pandas as pd
 
 from stsnb.book import CHAPTERS, CV_CHAPTERS, write_too_small_page
 from stsnb.delong import paired_delong
+from stsnb.metrics import rank_auc
 from stsnb.radiomics import chapter
-from stsnb.results import rank_auc
 
 
 def predictions(prob: np.ndarray, label: np.ndarray, slices: int = 1) -> pd.DataFrame:

@@ -19,10 +19,10 @@ from stsnb.config import SMOKE
 from stsnb.errors import ConfigError, StsnbError
 from stsnb.folds import make_folds
 from stsnb.linear import patient_folds as redrawn_folds
-from stsnb.linear import roc_auc
+from stsnb.metrics import PREDICTION_COLUMNS, roc_auc
 from stsnb.radiomics import models
 from stsnb.radiomics import permutation as radiomics_permutation
-from stsnb.results import PREDICTION_COLUMNS
+from stsnb.runs import discover_runs, parse_radiomics_run_name
 from stsnb.significance import permuted_labels
 from stsnb.store import write_csv_atomic
 
@@ -201,19 +201,19 @@ def test_discovery_finds_the_radiomics_runs_apart_from_the_combinations(layout, 
     for folder in (fc, fc / "linear"):
         preds.to_csv(folder / "predictions.csv", index=False)
     (work / "runs" / "patient" / "radiomics-notaset").mkdir()  # not a run name
-    found = results.discover_runs(work, "radiomics")
+    found = discover_runs(work, "radiomics")
     assert list(found.columns) == ["split", "combo", "head", "dir"]
     assert sorted(zip(found["combo"], found["head"], strict=True)) == sorted(
         (s, f"radiomics-{m}") for s in SETS for m in ("lr", "rf"))
-    assert results.discover_runs(work)["head"].tolist() == ["fc"]
-    assert sorted(results.discover_runs(work, "all")["head"]) == ["fc", "linear"]
+    assert discover_runs(work)["head"].tolist() == ["fc"]
+    assert sorted(discover_runs(work, "all")["head"]) == ["fc", "linear"]
     assert list(results.split_predictions(work)) == [1]
     runs = models.split_runs(work, "patient", model="lr")
     assert sorted(runs) == sorted((s, "lr") for s in SETS)
     with pytest.raises(StsnbError, match="split_runs"):
         results.split_predictions(work, head="radiomics")
-    assert models.parse_run_name("radiomics-ce_t1w-rf") == ("ce_t1w", "rf")
-    assert models.parse_run_name("combo01") is None
+    assert parse_radiomics_run_name("radiomics-ce_t1w-rf") == ("ce_t1w", "rf")
+    assert parse_radiomics_run_name("combo01") is None
 
 
 # ------------------------------------------------------------------- the permutation test

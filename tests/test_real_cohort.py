@@ -15,12 +15,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from stsnb.cohort_config import CohortConfig, read_cohort_config
-from stsnb.config import QUICK, SMOKE
-from stsnb.curation import run_curation
-from stsnb.errors import CohortError, StsnbError
-from stsnb.plots.registration import cortex_figure
-from stsnb.real_cohort import (
+from stsnb.appendix.figures import cortex_figure
+from stsnb.appendix.real_cohort import (
     DICE_MIN,
     IDENTITY_MAX_MM,
     MIN_CORTEX_VOXELS,
@@ -32,6 +28,10 @@ from stsnb.real_cohort import (
     mask_agreement,
     placements,
 )
+from stsnb.cohort_config import CohortConfig, read_cohort_config
+from stsnb.config import QUICK, SMOKE
+from stsnb.curation import run_curation
+from stsnb.errors import CohortError, StsnbError
 from stsnb.registration import decide_patients, registration_settings, run_registration
 from stsnb.registration.errors import RegistrationError
 from stsnb.registration.rigid import focus_mask

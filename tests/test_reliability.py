@@ -29,9 +29,10 @@ from stsnb.errors import StsnbError
 from stsnb.features import FEATURE_DIR
 from stsnb.manifest import MANIFEST, TRACKED_PACKAGES, read_manifest
 from stsnb.registration import run_registration
+from stsnb.runs import RUN_RECORD
 from stsnb.slices import SliceStore, run_preprocessing
 from stsnb.store import STAGE_RECORD
-from stsnb.training import RUN_RECORD, run_training
+from stsnb.training import run_training
 
 pytestmark = pytest.mark.smoke
 

@@ -7,20 +7,19 @@ import pandas as pd
 import pytest
 
 from stsnb.errors import StsnbError
+from stsnb.metrics import binary_metrics, patient_predictions
 from stsnb.results import (
     STUDY_TABLE,
     baseline_predictions,
-    binary_metrics,
     bootstrap_ci,
     calibration,
     fold_metrics,
-    load_predictions,
     mean_std,
     paired_auc_difference,
     patient_metrics_ci,
-    patient_predictions,
     study_comparison,
 )
+from stsnb.runs import load_predictions
 
 
 def _predictions(n_patients: int = 40, slices: int = 5, signal: float = 2.0, seed: int = 0):
@@ -157,10 +156,14 @@ def test_chance_band_matches_permutation_distribution():
         chance_band(0, 10)
 
 
-def test_fast_bootstrap_metrics_equal_sklearn():
-    """The bootstrap's fast metrics give binary_metrics' values, ties and NaN rules included."""
-    from stsnb.results import _metric, binary_metrics
+def test_metrics_equal_sklearn():
+    """The one metrics module (and its per-metric functions for bootstrap loops) gives
+    sklearn's values, ties and NaN rules (zero_division=nan, one class) included."""
+    from sklearn import metrics as sk
 
+    from stsnb.metrics import METRICS, STUDY_METRICS, metric, study_metrics
+
+    nan = float("nan")
     rng = np.random.default_rng(1)
     for trial in range(30):
         n = int(rng.integers(3, 40))
@@ -168,9 +171,23 @@ def test_fast_bootstrap_metrics_equal_sklearn():
         prob = np.round(rng.random(n), 1)  # ties on purpose
         if trial == 0:
             label[:] = 1  # one class: AUC and balanced accuracy undefined
-        expected = binary_metrics(label, prob)
-        for name in ("auc", "accuracy", "sensitivity", "specificity", "precision", "f1",
-                     "balanced_accuracy"):
-            got = _metric(name)(label, prob)
-            assert (np.isnan(got) and np.isnan(expected[name])) or got == pytest.approx(
-                expected[name], abs=1e-12), (trial, name)
+        if trial == 1:
+            prob[:] = 0.1  # no positive call: precision undefined
+        called = (prob >= 0.5).astype(int)
+        both = len(np.unique(label)) == 2
+        expected = {
+            "accuracy": sk.accuracy_score(label, called),
+            "sensitivity": sk.recall_score(label, called, zero_division=nan),
+            "specificity": sk.recall_score(label, called, pos_label=0, zero_division=nan),
+            "precision": sk.precision_score(label, called, zero_division=nan),
+            "f1": sk.f1_score(label, called, zero_division=nan),
+            "balanced_accuracy": sk.balanced_accuracy_score(label, called) if both else nan,
+            "auc": sk.roc_auc_score(label, prob) if both else nan,
+        }
+        got = {**binary_metrics(label, prob), **{f"fast {m}": metric(m)(label, prob)
+                                                 for m in METRICS}}
+        for name in METRICS:
+            for value in (got[name], got[f"fast {name}"]):
+                assert (np.isnan(value) and np.isnan(expected[name])) or value == pytest.approx(
+                    expected[name], abs=1e-12), (trial, name)
+        assert list(study_metrics(label, prob)) == list(STUDY_METRICS)

@@ -23,10 +23,10 @@ from stsnb.config import QUICK, SMOKE
 from stsnb.errors import ConfigError
 from stsnb.features import ArraySlices, cached_features, resolve_device, resolve_precision
 from stsnb.folds import Fold, LeakageError, assert_no_leakage, make_folds, permuted_labels
+from stsnb.metrics import PREDICTION_COLUMNS
 from stsnb.modalities import STUDY_MODALITIES
 from stsnb.model import backbone_forward, build_model
 from stsnb.training import (
-    PREDICTION_COLUMNS,
     EarlyStopping,
     class_weights,
     constant_loss,
@@ -493,7 +493,8 @@ def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatc
     assert errors == []
     assert nb.cells[0].source.startswith("# 04 Training: 9 Dose-T2w-CE-T1w, patient split\n")
     text = json.dumps(nb.cells)
-    for expected in ("NOT TRANSFER LEARNING", "Learning curves", "image/png", "mean +- SD"):
+    for expected in ("WARNING: Not transfer learning", "Learning curves", "image/png",
+                     "mean +- SD"):
         assert expected in text, expected
     manifest = json.loads((work / "manifest.json").read_text())
     assert manifest["weights"]["pretrained"] is False and "training" in manifest["stages"]

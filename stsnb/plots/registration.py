@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..modalities import DISPLAY_NAMES
-from ..real_cohort import CORTEX_MIN_HU, Placements
 from ..registration.views import PatientViews
 from .images import CT_WINDOW_HU
 
@@ -55,7 +54,7 @@ def _extent(views: PatientViews, shape: tuple[int, int]) -> tuple[float, float, 
     return (0.0, nx * views.spacing_xy_mm[0], ny * views.spacing_xy_mm[1], 0.0)
 
 
-def _axes_mm(ax: Axes, title: str) -> None:
+def axes_in_mm(ax: Axes, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("x (mm)")
     ax.set_ylabel("y (mm)")
@@ -116,13 +115,13 @@ def overlays(views: PatientViews, square_mm: float = CHECKER_MM) -> Figure:
         ]
         for ax, (image, cmap, title) in zip(row, panels, strict=True):
             ax.imshow(image, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation="nearest")
-            _axes_mm(ax, f"{label}: {title}")
+            axes_in_mm(ax, f"{label}: {title}")
     placed = "" if views.registered else " (not registered: in the CT's frame)"
     fig.suptitle(f"{views.patient_id}: CT vs {name}{placed}, axial slice z = {views.z_mm:.0f} mm")
     return fig
 
 
-def _contour(ax: Axes, mask: np.ndarray | None, extent, colour: str, style: str) -> None:
+def outline_mask(ax: Axes, mask: np.ndarray | None, extent, colour: str, style: str) -> None:
     if mask is None or not np.any(mask):
         return
     ny, nx = mask.shape
@@ -147,11 +146,11 @@ def contours(views: PatientViews) -> Figure:
         handles.append(Line2D([], [], color="magenta", label="MR contour, deformable"))
     for ax, (image, name) in zip(axes, backgrounds, strict=True):
         ax.imshow(image, cmap="gray", vmin=0, vmax=1, extent=extent, interpolation="nearest")
-        _contour(ax, views.gtv, extent, "yellow", "solid")
-        _contour(ax, views.gtv_from_mr_rigid, extent, "cyan", "dashed")
+        outline_mask(ax, views.gtv, extent, "yellow", "solid")
+        outline_mask(ax, views.gtv_from_mr_rigid, extent, "cyan", "dashed")
         if views.qa.get("deformable"):
-            _contour(ax, views.gtv_from_mr, extent, "magenta", "solid")
-        _axes_mm(ax, f"{name} with the tumour contours")
+            outline_mask(ax, views.gtv_from_mr, extent, "magenta", "solid")
+        axes_in_mm(ax, f"{name} with the tumour contours")
     axes[1].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
     if views.gtv_from_mr_rigid is None:
         fig.text(0.5, 0.01, "no MR-frame reference contour for this patient", ha="center")
@@ -177,8 +176,8 @@ def jacobian_map(views: PatientViews) -> Figure:
                            interpolation="bilinear")
         bar = fig.colorbar(handle, ax=ax, fraction=0.046, pad=0.02)
         bar.set_label("Jacobian determinant (unitless)")
-    _contour(ax, views.gtv, extent, "yellow", "solid")
-    _axes_mm(ax, f"{views.patient_id}: Jacobian determinant, z = {views.z_mm:.0f} mm "
+    outline_mask(ax, views.gtv, extent, "yellow", "solid")
+    axes_in_mm(ax, f"{views.patient_id}: Jacobian determinant, z = {views.z_mm:.0f} mm "
              f"(min over region {views.qa.get('min_jacobian', float('nan')):.2f})")
     return fig
 
@@ -201,43 +200,4 @@ def metric_history(views: PatientViews) -> Figure:
     if not steps:
         axes[0][0].text(0.5, 0.5, "no iterations recorded", ha="center", va="center")
     fig.suptitle(f"{views.patient_id}: metric per iteration")
-    return fig
-
-
-def cortex_figure(placed: Placements) -> Figure:
-    """The MR at scanner positions and as registered, with the CT's cortical bone outlined, on
-    the axial slice with the most cortex (cortex is dark on T1w/T2w: aligned bone = a dark
-    ring inside the outline)."""
-    counts = placed.cortex.sum(axis=(1, 2))
-    z = int(np.argmax(counts))
-    spacing = placed.spacing_mm
-    shape = placed.hu.shape[1:]
-    extent = (0.0, shape[1] * spacing[0], shape[0] * spacing[1], 0.0)
-    window = mr_window(*(values[z] for values in placed.mr.values()))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), layout="constrained")
-    titles = {"identity": "scanner positions (identity)", "final": "registered"}
-    for ax, (label, values) in zip(axes, placed.mr.items(), strict=True):
-        ax.imshow(normalise(values[z], window), cmap="gray", vmin=0, vmax=1, extent=extent,
-                  interpolation="nearest")
-        _contour(ax, placed.hu[z] >= CORTEX_MIN_HU, extent, "red", "solid")
-        _axes_mm(ax, f"MR, {titles[label]}")
-    axes[1].legend(handles=[Line2D([], [], color="red", label=f"CT >= {CORTEX_MIN_HU:g} HU")],
-                   loc="lower right", fontsize=8, framealpha=0.8)
-    fig.suptitle(f"{placed.patient_id}: the CT's bone on the MR, axial slice {z} "
-                 f"({int(counts[z])} cortex voxels)")
-    return fig
-
-
-def focus_sensitivity_figure(table: pd.DataFrame, limit_mm: float = 2.0) -> Figure:
-    """Mean GTV displacement (mm) of the forced rigid registration per patient and metric
-    region (rigid_focus_mm; 0 = the whole overlap), with the near-identity limit."""
-    shown = table.assign(region=[f"{f:g} mm" if f > 0 else "whole overlap"
-                                 for f in table["rigid_focus_mm"]])
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
-    sns.barplot(data=shown, x="patient_id", y="mean_displacement_mm", hue="region", ax=ax)
-    ax.axhline(limit_mm, color="black", ls="--", lw=1, label=f"{limit_mm:g} mm limit")
-    ax.set_xlabel("patient")
-    ax.set_ylabel("mean displacement of the GTV voxels (mm)")
-    ax.legend(title="metric region (distance to the GTV)", fontsize=8, title_fontsize=8)
-    ax.set_title("Forced rigid registration of an MR already in the CT's frame")
     return fig

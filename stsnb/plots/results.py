@@ -60,7 +60,7 @@ def study_comparison_figure(summary: pd.DataFrame) -> Figure:
 
 def roc_figure(predictions: dict[int, pd.DataFrame], names: dict[int, str]) -> Figure:
     """Patient-level ROC curve of each combination, AUC in the legend."""
-    from ..results import binary_metrics, patient_predictions
+    from ..metrics import binary_metrics, patient_predictions
 
     fig, ax = plt.subplots(figsize=(6, 6))
     for combo, preds in sorted(predictions.items()):

@@ -21,9 +21,10 @@ import pandas as pd
 from ..calibration import patient_calibration
 from ..delong import paired_delong
 from ..errors import StsnbError
+from ..radiomics.models import ALL
 from ..results import auc_order, patient_aucs, patient_metrics_ci, split_predictions
+from ..runs import radiomics_head, radiomics_run_name
 from ..store import write_csv_atomic
-from .models import ALL, head_name, run_name
 from .stage import radiomics_dir
 
 SIGNIFICANCE_FILE = "significance.csv"
@@ -84,7 +85,7 @@ def declared_comparisons(best: NetworkBest, radiomics_all_lr: pd.DataFrame,
     (``baselines``: name -> predictions on the same patient folds, e.g. GTV volume alone and
     the clinical columns alone), and against the linear head on that combination
     (difference = b - a; two-sided p)."""
-    pairs = [(fc_label(best), best.fc, run_name(ALL, "lr"), radiomics_all_lr)]
+    pairs = [(fc_label(best), best.fc, radiomics_run_name(ALL, "lr"), radiomics_all_lr)]
     for name, preds in (baselines or {}).items():
         pairs.append((fc_label(best), best.fc, name, preds))
     if best.linear is not None:
@@ -133,7 +134,7 @@ def chapter_summary(aucs: pd.DataFrame, significance: pd.DataFrame, comparisons:
     if len(baselines):
         text.append("Baselines on the same folds: " + ", ".join(
             f"{r.model} {r.patient_auc:.2f}" for r in baselines.itertuples()) + ".")
-    lr = significance[significance["head"] == head_name("lr")]
+    lr = significance[significance["head"] == radiomics_head("lr")]
     if len(lr):
         best = lr.sort_values(["patient_auc", "combo"], ascending=[False, True]).iloc[0]
         verdict = "below" if best.p_best_corrected < alpha else "not below"

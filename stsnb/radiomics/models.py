@@ -44,27 +44,30 @@ from ..errors import ConfigError, StsnbError
 from ..folds import GROUPED_SPLITS, FoldPlan, assert_no_leakage, check_split, make_folds
 from ..linear import one_blas_thread
 from ..manifest import software_key
-from ..results import PREDICTION_COLUMNS, binary_metrics, rank_auc
+from ..metrics import PREDICTION_COLUMNS, STUDY_METRICS, binary_metrics, rank_auc
+from ..runs import (
+    RADIOMICS_MODELS,
+    RADIOMICS_PREFIX,
+    RUN_RECORD,
+    radiomics_head,
+    radiomics_run_name,
+    run_dir,
+)
 from ..store import (
+    Record,
     hash_config,
-    output_sizes,
-    outputs_intact,
     read_json,
     record_timing,
     remove_stale_temporaries,
     write_csv_atomic,
-    write_json_atomic,
 )
 from .stage import SEPARATOR, read_features
 
 STAGE = "radiomics_models"
-RUN_RECORD = "run.json"
 #: Bumped when the meaning of a run's outputs changes (part of its key).
 MODELS_FORMAT = 1
-MODELS = ("lr", "rf")
 ALL = "all"
-#: Run folders are ``<RUN_PREFIX>-<set>-<model>``; heads ``<RUN_PREFIX>-<model>``.
-RUN_PREFIX = "radiomics"
+#: Run folders are ``<RADIOMICS_PREFIX>-<set>-<model>``; heads ``<RADIOMICS_PREFIX>-<model>``.
 #: C of a fold too small for an inner split (fewer than 2 training patients of a class);
 #: k is then the smallest choice. Only tiny cohorts (the smoke tests) reach it.
 FALLBACK_C = 1.0
@@ -77,8 +80,7 @@ LR_MAX_ITER = 1000
 #: Each model's searched parameters: (pipeline parameter, fold_metrics column).
 SEARCHED = {"lr": (("select__k", "chosen_k"), ("model__C", "chosen_c")),
             "rf": (("select__k", "chosen_k"), ("model__min_samples_leaf", "chosen_min_leaf"))}
-THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
-METRIC_COLUMNS = ("fold", "n_train", "n_test", *THRESHOLD_METRICS)
+METRIC_COLUMNS = ("fold", "n_train", "n_test", *STUDY_METRICS)
 #: The inner folds' score: ROC AUC as the Mann-Whitney statistic of the predicted probabilities
 #: (sklearn's "roc_auc" mathematically; computed from ranks, candidates with equal AUCs tie
 #: exactly, so the first in the grid wins here and in the permutation test alike).
@@ -88,33 +90,15 @@ AUC_SCORER = make_scorer(rank_auc, response_method="predict_proba")
 def check_model(model: str) -> str:
     """The model name, lower case; ConfigError for an unknown one."""
     key = str(model).strip().lower()
-    if key not in MODELS:
+    if key not in RADIOMICS_MODELS:
         raise ConfigError(f"Unknown radiomics model {model!r}: expected one of "
-                          f"{', '.join(MODELS)}.")
+                          f"{', '.join(RADIOMICS_MODELS)}.")
     return key
-
-
-def head_name(model: str) -> str:
-    """The head of a model's runs (``radiomics-lr``), as results tables name it."""
-    return f"{RUN_PREFIX}-{check_model(model)}"
-
-
-def run_name(feature_set: str, model: str) -> str:
-    """``radiomics-<set>-<model>``."""
-    return f"{RUN_PREFIX}-{feature_set}-{check_model(model)}"
-
-
-def parse_run_name(name: str) -> tuple[str, str] | None:
-    """(set, model) of a run folder's name, or None for a folder that is not a radiomics run."""
-    parts = str(name).split("-")
-    if len(parts) != 3 or parts[0] != RUN_PREFIX or parts[2] not in MODELS or not parts[1]:
-        return None
-    return parts[1], parts[2]
 
 
 def radiomics_run_dir(work_dir: str | Path, split: str, feature_set: str, model: str) -> Path:
     """``work_dir/runs/<split>/radiomics-<set>-<model>``."""
-    return Path(work_dir) / "runs" / check_split(split) / run_name(feature_set, model)
+    return run_dir(work_dir, check_split(split), radiomics_run_name(feature_set, model))
 
 
 # ---------------------------------------------------------------------------- sets and folds
@@ -327,7 +311,7 @@ def fold_metrics_table(model: str, predictions: pd.DataFrame,
         test = predictions[predictions["fold"] == entry["fold"]]
         metrics = binary_metrics(test["label"].to_numpy(), test["prob"].to_numpy())
         row = {"fold": entry["fold"], "n_train": entry["n_train"], "n_test": len(test),
-               **{name: metrics[name] for name in THRESHOLD_METRICS}}
+               **{name: metrics[name] for name in STUDY_METRICS}}
         for name, column in SEARCHED[model]:
             row[column] = entry["params"][name]
         row["inner_auc"] = entry["inner_auc"]
@@ -389,10 +373,7 @@ def read_model_run(out: Path, feature_set: str, model: str, split: str,
 
 def run_is_current(out: Path, key_hash: str) -> bool:
     """True when ``out/run.json`` holds `key_hash` and its outputs exist, whole."""
-    record = read_json(out / RUN_RECORD)
-    return record.get("key_hash") == key_hash and all(
-        (out / name).exists() for name in record.get("outputs", [])) and outputs_intact(
-        out, record.get("sizes", {}))
+    return Record(out / RUN_RECORD).is_current(key_hash)
 
 
 def run_model(work_dir: str | Path, features: pd.DataFrame, folds: PatientFolds,
@@ -424,28 +405,25 @@ def run_model(work_dir: str | Path, features: pd.DataFrame, folds: PatientFolds,
     predictions = predictions.reset_index(drop=True)[list(PREDICTION_COLUMNS)]
     metrics = fold_metrics_table(model, predictions, chosen)
     seconds = time.perf_counter() - started
-    (out / RUN_RECORD).unlink(missing_ok=True)
+    run_record = Record(out / RUN_RECORD)
+    run_record.invalidate()  # no record vouches for files being rewritten
     out.mkdir(parents=True, exist_ok=True)
     tables = {"predictions.csv": predictions, "fold_metrics.csv": metrics}
     for filename, table in tables.items():
         write_csv_atomic(table, out / filename)
-    record = {
-        "key": key, "key_hash": key_hash, "outputs": list(tables),
-        "sizes": output_sizes(list(tables), out), "head": head_name(model), "kind": "radiomics",
-        "feature_set": feature_set, "model": model, "n_features": len(columns),
-        "split": folds.split, "grouped_by_patient": True, "rows": "patients",
-        "seconds": round(seconds, 3), "n_folds": len(folds.tests),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json_atomic(out / RUN_RECORD, record)
-    record_timing(work_dir, f"radiomics {run_name(feature_set, model)} {folds.split}", seconds)
+    run_record.finish(key_hash, list(tables), key=key, head=radiomics_head(model),
+                      kind="radiomics", feature_set=feature_set, model=model,
+                      n_features=len(columns), split=folds.split, grouped_by_patient=True,
+                      rows="patients", seconds=round(seconds, 3), n_folds=len(folds.tests))
+    record_timing(work_dir, f"radiomics {radiomics_run_name(feature_set, model)} {folds.split}",
+                  seconds)
     return read_model_run(out, feature_set, model, folds.split, reused=False)
 
 
 def run_radiomics_models(work_dir: str | Path, profile: Profile | str = "auto", seed: int = 0,
                          split: str = "patient", store: Any = None,
                          sets: list[str] | None = None,
-                         models: tuple[str, ...] = MODELS) -> list[RadiomicsModelRun]:
+                         models: tuple[str, ...] = RADIOMICS_MODELS) -> list[RadiomicsModelRun]:
     """Every feature set (or `sets`) by every model on chapter 04's folds of `split`.
 
     Reads ``radiomics/features.csv`` and the slice store of ``work_dir`` (or `store`: anything
@@ -468,7 +446,7 @@ def models_table(runs: list[RadiomicsModelRun]) -> pd.DataFrame:
     for run in runs:
         preds = run.predictions
         rows.append({"split": run.split, "feature_set": run.feature_set, "model": run.model,
-                     "head": head_name(run.model),
+                     "head": radiomics_head(run.model),
                      "patient_auc": rank_auc(preds["label"].to_numpy(), preds["prob"].to_numpy()),
                      "n_patients": len(preds), "n_features": run.record.get("n_features"),
                      "seconds": run.record.get("seconds"), "reused": run.reused})
@@ -478,11 +456,11 @@ def models_table(runs: list[RadiomicsModelRun]) -> pd.DataFrame:
 def split_runs(work_dir: str | Path, split: str = "patient",
                model: str | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """(set, model) -> predictions.csv of every finished radiomics run of `split` (of `model`)."""
-    from ..results import discover_runs, load_predictions
+    from ..runs import discover_runs, load_predictions
 
     runs = discover_runs(work_dir, "radiomics")
     runs = runs[runs["split"] == check_split(split)]
     if model is not None:
-        runs = runs[runs["head"] == head_name(model)]
-    return {(str(r.combo), r.head[len(RUN_PREFIX) + 1:]):
+        runs = runs[runs["head"] == radiomics_head(model)]
+    return {(str(r.combo), r.head[len(RADIOMICS_PREFIX) + 1:]):
             load_predictions(r.dir / "predictions.csv") for r in runs.itertuples()}

@@ -30,17 +30,18 @@ import pandas as pd
 
 from ..config import Profile, RadiomicsConfig, resolve_profile
 from ..errors import ConfigError
-from ..linear import fit_predict_batch, patient_folds, roc_auc
-from ..significance import PermutationResult, p_values, permuted_runs
-from .models import (
+from ..linear import fit_predict_batch, patient_folds
+from ..metrics import roc_auc
+from ..radiomics.models import (
     FALLBACK_C,
     feature_matrix,
     feature_sets,
     fold_plan,
-    head_name,
     inner_splitter,
     k_choices,
 )
+from ..runs import radiomics_head
+from ..significance import PermutationResult, p_values, permuted_runs
 from .stage import read_features
 
 #: The rows of `significance_rows`: significance.csv's first seven columns.
@@ -247,7 +248,7 @@ def significance_rows(result: PermutationResult, split: str = "patient") -> pd.D
 
     p = (1 + #(null >= observed)) / (1 + n): the observed run counts as one permutation.
     """
-    return p_values(result).assign(split=split, head=head_name("lr"))[
+    return p_values(result).assign(split=split, head=radiomics_head("lr"))[
         list(SIGNIFICANCE_COLUMNS)]
 
 

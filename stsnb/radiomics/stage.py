@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,14 +35,12 @@ from ..errors import StsnbError
 from ..manifest import update_manifest
 from ..registration.review import final_patients
 from ..store import (
+    Record,
     Stage,
     ensure_writable_dir,
     hash_config,
     hash_file,
-    output_sizes,
-    outputs_intact,
     write_csv_atomic,
-    write_json_atomic,
 )
 from ..workers import worker_count
 from .environment import WORKER, library_versions, radiomics_python
@@ -129,12 +126,9 @@ def read_patient_features(path: str | Path) -> pd.DataFrame:
 
 def saved_features(folder: Path, key: dict[str, Any]) -> pd.DataFrame | None:
     """The saved features when the record matches `key` and the file is whole, else None."""
+    if not Record(folder / RECORD).is_current(hash_config(key)):
+        return None
     try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-        if record.get("key_hash") != hash_config(key):
-            return None
-        if not outputs_intact(folder, record.get("sizes", {})):
-            return None
         return read_patient_features(folder / FEATURES)
     except (OSError, ValueError):
         return None
@@ -143,15 +137,13 @@ def saved_features(folder: Path, key: dict[str, Any]) -> pd.DataFrame | None:
 def _save_patient(folder: Path, features: pd.DataFrame, key: dict[str, Any],
                   done: dict[str, Any], checks: dict[str, float]) -> Path:
     """Write one patient's features and, last, its record; return the record's path."""
-    (folder / RECORD).unlink(missing_ok=True)  # no record vouches for a file being rewritten
+    record = Record(folder / RECORD)
+    record.invalidate()  # no record vouches for a file being rewritten
     write_csv_atomic(features, folder / FEATURES)
-    return write_json_atomic(folder / RECORD, {
-        "key_hash": hash_config(key), "key": key, "outputs": [FEATURES],
-        "sizes": output_sizes([FEATURES], folder), "seconds": done.get("seconds"),
-        "image_seconds": done.get("image_seconds", {}), "warnings": done.get("warnings", []),
-        **checks,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    record.finish(hash_config(key), [FEATURES], key=key, seconds=done.get("seconds"),
+                  image_seconds=done.get("image_seconds", {}),
+                  warnings=done.get("warnings", []), **checks)
+    return record.path
 
 
 def worker_request(inputs: list[RadiomicsInputs],

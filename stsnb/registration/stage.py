@@ -13,9 +13,7 @@ patient is reused only when they match and every output exists.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -28,19 +26,18 @@ from tqdm.auto import tqdm
 
 from ..cohort_config import CohortConfig, read_cohort_config
 from ..config import Profile, RegistrationConfig
-from ..curation import read_cohort_table
+from ..curation import curated_checksum, read_cohort_table
 from ..diskspace import check_registration_space
 from ..errors import StsnbError
 from ..manifest import update_manifest
 from ..store import (
-    STAGE_RECORD,
+    Record,
     Stage,
     atomic_path,
     ensure_writable_dir,
     hash_config,
     hash_file,
-    output_sizes,
-    outputs_intact,
+    read_json,
     write_csv_atomic,
     write_json_atomic,
 )
@@ -129,7 +126,7 @@ def _write_transform(transform: sitk.Transform, path: Path) -> Path:
 
 def save_patient(result: PatientRegistration, folder: Path, key: dict[str, Any]) -> list[Path]:
     """Write one patient's outputs atomically, the record last; return the output paths."""
-    (folder / RECORD).unlink(missing_ok=True)  # no record vouches for files being rewritten
+    Record(folder / RECORD).invalidate()  # no record vouches for files being rewritten
     outputs = [_write_image(image, folder / f"{name}.nii.gz")
                for name, image in result.images.items()]
     for modality in result.transforms:
@@ -143,37 +140,15 @@ def save_patient(result: PatientRegistration, folder: Path, key: dict[str, Any])
     outputs.append(write_json_atomic(folder / "qa.json", result.qa))
     if result.image_qa is not None:
         outputs.append(write_csv_atomic(result.image_qa, folder / IMAGE_QA_FILE))
-    write_json_atomic(folder / RECORD, {
-        "key_hash": hash_config(key), "key": key,
-        "outputs": [p.name for p in outputs],
-        "sizes": output_sizes([p.name for p in outputs], folder),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    Record(folder / RECORD).finish(hash_config(key), [p.name for p in outputs], key=key)
     return outputs
 
 
 def saved_qa(folder: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The saved QA row when the record matches `key` and every output exists, else None."""
-    try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-        if record.get("key_hash") != hash_config(key):
-            return None
-        if not all((folder / name).exists() for name in record.get("outputs", [])):
-            return None
-        if not outputs_intact(folder, record.get("sizes", {})):
-            return None
-        return json.loads((folder / "qa.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if not Record(folder / RECORD).is_current(hash_config(key)):
         return None
-
-
-def _curated_checksum(work_dir: Path) -> str | None:
-    """The cohort checksum chapter 01 recorded (saves hashing the cohort again); None if absent."""
-    try:
-        record = json.loads((work_dir / "curation" / STAGE_RECORD).read_text(encoding="utf-8"))
-        return record["key"]["cohort_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return read_json(folder / "qa.json") or None
 
 
 def registered_patients(work_dir: str | Path) -> list[str]:
@@ -240,7 +215,7 @@ def run_registration(
     if len(reused) < len(ids) or not stage.is_current():
         stage.finish([qa_path, images_path, *outputs])
     update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE,
-                    cohort_sha256=_curated_checksum(work_dir))
+                    cohort_sha256=curated_checksum(work_dir))
     return RegistrationRun(qa=read_qa(qa_path), images=read_image_qa(images_path),
                            config=config, cohort=cohort,
                            thresholds=thresholds, reused=tuple(reused), work_dir=work_dir,

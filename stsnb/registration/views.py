@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ..cohort_config import read_cohort_config
 from ..errors import StsnbError
 from ..imageio import read_image
 from ..modalities import MR_MODALITIES
+from ..store import read_json
 from .geometry import box_corners_mm, crop, index_box, mask_box
 from .inputs import patient_inputs
 from .stage import patient_dir
@@ -64,7 +64,7 @@ def load_views(cohort_dir: str | Path, work_dir: str | Path, patient_id: str,
                z_index: int | None = None) -> PatientViews:
     """Read one registered patient's slice views (from the cohort and the stage's outputs)."""
     folder = patient_dir(work_dir, patient_id)
-    qa = json.loads((folder / "qa.json").read_text(encoding="utf-8"))
+    qa = read_json(folder / "qa.json", fix=f"rerun chapter 02 for patient {patient_id}.")
     inputs = patient_inputs(cohort_dir, patient_id, read_cohort_config(cohort_dir))
     ref = inputs.reference or shown_image(inputs.same_frame)
     ct = read_image(inputs.ct, patient_id, "ct")

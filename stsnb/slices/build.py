@@ -9,7 +9,6 @@ shorter is zero-padded: aspect ratio kept), then scaled to `input_px` with antia
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import time
@@ -33,9 +32,11 @@ from ..imageio import (
 )
 from ..manifest import software_key
 from ..store import (
+    Record,
     Stage,
     atomic_path,
     hash_config,
+    read_json,
     require_free_space,
     write_csv_atomic,
     write_json_atomic,
@@ -302,17 +303,10 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _shard_is_current(shards: Path, pid: str, key_hash: str, settings: dict) -> dict | None:
     """The patient's record when its shards exist and were made with `key_hash`, else None."""
-    record = _read_record(shards / record_name(pid))
-    if not record or record.get("key_hash") != key_hash:
+    record = Record(shards / record_name(pid)).current(key_hash)
+    if record is None:
         return None
     try:
         images = np.load(shards / image_shard_name(pid), mmap_mode="r")
@@ -370,7 +364,7 @@ def build_slice_store(work_dir: str | Path, volumes: Iterable[PatientVolumes | P
     shards.mkdir(parents=True, exist_ok=True)
     for stale in shards.glob(".*.tmp*"):  # left by a killed process (atomic_path cleans others)
         stale.unlink()
-    old_meta = _read_record(root / STORE_META)
+    old_meta = read_json(root / STORE_META) or None
     records: list[dict[str, Any]] = []
     keys: dict[str, str] = {}
     built, reused, messages = [], [], []

@@ -15,11 +15,11 @@ from ..cohort import GTV_FILE, image_path
 from ..cohort_config import read_cohort_config
 from ..combinations import write_combinations
 from ..config import Profile, resolve_profile
-from ..curation import read_cohort_table
+from ..curation import curated_checksum, read_cohort_table
 from ..errors import CohortError, StsnbError
 from ..imageio import read_image
 from ..manifest import update_manifest
-from ..store import STAGE_RECORD, ensure_writable_dir, hash_file
+from ..store import ensure_writable_dir, hash_file
 from .build import STAGE, PatientSource, PatientVolumes, build_slice_store
 from .slice_store import SliceStore
 
@@ -77,15 +77,6 @@ def preprocessing_patients(work_dir: str | Path) -> list[tuple[str, int]]:
     return [(pid, int(labels[pid])) for pid in kept]
 
 
-def _cohort_checksum(work_dir: Path) -> str | None:
-    """The cohort checksum that chapter 01 recorded (no need to hash the cohort again)."""
-    try:
-        record = json.loads((work_dir / "curation" / STAGE_RECORD).read_text(encoding="utf-8"))
-        return record["key"]["cohort_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def run_preprocessing(cohort_dir: str | Path, work_dir: str | Path, profile: Profile | str,
                       seed: int = 0, progress: bool = True) -> SliceStore:
     """Build (or reuse) the slice store of chapter 03 and write ``work_dir/combinations.csv``.
@@ -103,5 +94,5 @@ def run_preprocessing(cohort_dir: str | Path, work_dir: str | Path, profile: Pro
                               modalities=modalities)
     write_combinations(work_dir, modalities)
     update_manifest(work_dir, profile=profile, cohort_dir=cohort_dir, seed=seed, stage=STAGE,
-                    cohort_sha256=_cohort_checksum(work_dir))
+                    cohort_sha256=curated_checksum(work_dir))
     return store

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .cohort import image_path
-from .cohort_config import COHORT_TOML, read_cohort_config
-from .config import Profile
-from .dicom import ImportResult, import_dicom_cohort
-from .errors import StsnbError
-from .registration.measures import (
+from ..cohort import image_path
+from ..cohort_config import COHORT_TOML, read_cohort_config
+from ..config import Profile
+from ..dicom import ImportResult, import_dicom_cohort
+from ..errors import StsnbError
+from ..registration.measures import (
     CORTEX_MIN_HU,
     CORTEX_TIE,
     MIN_CORTEX_VOXELS,
@@ -36,10 +36,10 @@ from .registration.measures import (
     displacements_mm,
     mask_points_mm,
 )
-from .registration.qa import read_qa
-from .registration.rigid import register_rigid
-from .registration.settings import registration_settings
-from .store import write_text_atomic
+from ..registration.qa import read_qa
+from ..registration.rigid import register_rigid
+from ..registration.settings import registration_settings
+from ..store import write_text_atomic
 
 __all__ = [
     "DICE_MIN",
