@@ -26,7 +26,7 @@ from .combinations import Combination, combinations_for, resolve_combo
 from .config import PROFILES, Profile, resolve_profile
 from .errors import ConfigError, StsnbError
 from .features import SliceSource
-from .folds import SPLITS, check_split
+from .folds import check_split
 from .jobs import (
     ExecutorChoice,
     PageJob,
@@ -39,7 +39,7 @@ from .linear_runs import linear_done
 from .pages import book_root, generated_dir, notebook_errors, prepare_book_root
 from .plots.training import combination_label
 from .results import auc_order, patient_aucs, split_predictions
-from .runs import RUN_RECORD, run_dir
+from .runs import RUN_RECORD, SPLITS, run_dir
 from .store import ensure_writable_dir
 from .training import is_done, open_slices
 

@@ -25,9 +25,9 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .errors import ConfigError
+from .runs import GROUPED_SPLITS, SPLITS
 
-SPLITS = ("patient", "slice", "random")
-GROUPED_SPLITS = ("patient", "random")
+
 class LeakageError(AssertionError):
     """A patient (or slice) in two of train, validation and test of one fold."""
 

@@ -31,11 +31,11 @@ from .features import (
     resolve_device,
     resolve_precision,
 )
-from .folds import GROUPED_SPLITS, FoldPlan, check_split, make_folds
+from .folds import FoldPlan, check_split, make_folds
 from .linear import DEFAULT_CS, POOLINGS, nested_cv_probs, patient_matrix, pool_features
 from .manifest import software_key
 from .metrics import PREDICTION_COLUMNS, rank_auc, study_metrics
-from .runs import RUN_RECORD, CrossValidationRun, run_dir
+from .runs import GROUPED_SPLITS, RUN_RECORD, CrossValidationRun, run_dir
 from .store import (
     Record,
     atomic_path,

@@ -23,7 +23,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .errors import StsnbError
-from .folds import SPLITS
 from .metrics import (
     METRICS,
     PREDICTION_COLUMNS,
@@ -33,7 +32,7 @@ from .metrics import (
     rank_auc,
 )
 from .metrics import metric as metric_function
-from .runs import discover_runs, load_predictions
+from .runs import SPLITS, discover_runs, load_predictions
 
 #: The study's published table (results slide 2): slice-level 10-fold CV, mean +- std.
 STUDY_TABLE = pd.DataFrame(

@@ -16,10 +16,13 @@ import pandas as pd
 
 from .combinations import Combination
 from .errors import StsnbError
-from .folds import SPLITS
 from .metrics import PREDICTION_COLUMNS
 from .store import read_json
 
+#: The cross-validation splits: patient-grouped (the default), the study's slice-level split and
+#: the random-label control (patient-grouped); see stsnb.folds.
+SPLITS = ("patient", "slice", "random")
+GROUPED_SPLITS = ("patient", "random")
 RUNS_DIR = "runs"  # every cross-validation run: work_dir/runs/<split>/<run>/
 RUN_RECORD = "run.json"  # a run's record (key, outputs), written last
 

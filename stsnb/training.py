@@ -41,7 +41,7 @@ from .features import (
     resolve_device,
     resolve_precision,
 )
-from .folds import GROUPED_SPLITS, Fold, FoldPlan, check_split, make_folds
+from .folds import Fold, FoldPlan, check_split, make_folds
 from .head import (
     DUAL_TRAINED,
     DualHead,
@@ -62,7 +62,7 @@ from .model import (
     imagenet_url,
     prepare_backbone,
 )
-from .runs import RUN_RECORD, CrossValidationRun, run_dir
+from .runs import GROUPED_SPLITS, RUN_RECORD, CrossValidationRun, run_dir
 from .store import (
     Record,
     atomic_path,

@@ -41,11 +41,12 @@ from sklearn.preprocessing import StandardScaler
 
 from ..config import Profile, RadiomicsConfig, resolve_profile
 from ..errors import ConfigError, StsnbError
-from ..folds import GROUPED_SPLITS, FoldPlan, assert_no_leakage, check_split, make_folds
+from ..folds import FoldPlan, assert_no_leakage, check_split, make_folds
 from ..linear import one_blas_thread
 from ..manifest import software_key
 from ..metrics import PREDICTION_COLUMNS, STUDY_METRICS, binary_metrics, rank_auc
 from ..runs import (
+    GROUPED_SPLITS,
     RADIOMICS_MODELS,
     RADIOMICS_PREFIX,
     RUN_RECORD,
