@@ -25,7 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stsnb.precision import cpu_model  # noqa: E402
+from stsnb.training.precision import cpu_model  # noqa: E402
 
 #: Prefixes of timings.csv stages, grouped as the README's time table shows them.
 GROUPS = (("chapter 01", "chapter 01_data_curation"), ("chapter 02", "chapter 02_registration_qa"),
@@ -80,7 +80,7 @@ def measure_precision(isa: str) -> dict:
     env = dict(os.environ)
     if isa != "default":
         env["ONEDNN_MAX_CPU_ISA"] = isa
-    code = ("import json; from stsnb.precision import measure_throughput as m, choose; "
+    code = ("import json; from stsnb.training.precision import measure_throughput as m, choose; "
             "f = m('fp32'); b = m('bf16', budget_s=16 / f); "
             "print(json.dumps({'fp32': f, 'bf16': b, 'choice': choose(f, b)}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,

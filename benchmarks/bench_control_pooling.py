@@ -2,7 +2,7 @@
 
 On a finished work dir (chapters 03-04 run: the slice store and every combination's cached
 features), for each pooling and each control label (positive: top third by necrosis fraction;
-negative: random, `stsnb.controls`), the patient AUC of the nested cross-validation of every
+negative: random, `stsnb.results.controls`), the patient AUC of the nested cross-validation of every
 combination, its permutation p-value, the best combination's p corrected for the choice among
 all of them, and the rank of combination 1 (CT-Dose-T1w, the only one without T2w and CE-T1w,
 which should rank last on the positive control). Prints a table and the seconds per pooling.
@@ -25,16 +25,16 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.combinations import resolve_combo  # noqa: E402
 from stsnb.config import resolve_profile  # noqa: E402
-from stsnb.controls import KINDS, SHOWING, control_labels  # noqa: E402
-from stsnb.features import read_feature_cache  # noqa: E402
-from stsnb.folds import patient_table
-from stsnb.linear import POOLINGS, patient_matrix  # noqa: E402
-from stsnb.linear_runs import pool_slices  # noqa: E402
-from stsnb.runs import RUN_RECORD, run_dir
-from stsnb.significance import p_values, permutation_null  # noqa: E402
-from stsnb.training import open_slices  # noqa: E402
+from stsnb.core.combinations import resolve_combo  # noqa: E402
+from stsnb.core.runs import RUN_RECORD, run_dir
+from stsnb.results.controls import KINDS, SHOWING, control_labels  # noqa: E402
+from stsnb.results.significance import p_values, permutation_null  # noqa: E402
+from stsnb.training.features import read_feature_cache  # noqa: E402
+from stsnb.training.folds import patient_table
+from stsnb.training.linear import POOLINGS, patient_matrix  # noqa: E402
+from stsnb.training.linear_runs import pool_slices  # noqa: E402
+from stsnb.training.stage import open_slices  # noqa: E402
 
 
 def cpu_model() -> str:

@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stsnb.batch import run_training_batch  # noqa: E402
-from stsnb.jobs import ExecutorChoice  # noqa: E402
-from stsnb.manifest import read_manifest  # noqa: E402
-from stsnb.precision import cpu_model  # noqa: E402
+from stsnb.core.manifest import read_manifest  # noqa: E402
+from stsnb.run.batch import run_training_batch  # noqa: E402
+from stsnb.run.jobs import ExecutorChoice  # noqa: E402
+from stsnb.training.precision import cpu_model  # noqa: E402
 
 UPSTREAM = ("cohort.csv", "curation", "registration", "slices", "combinations.csv",
             "manifest.json")

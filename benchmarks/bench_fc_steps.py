@@ -30,13 +30,13 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.combinations import resolve_combo  # noqa: E402
 from stsnb.config import QUICK  # noqa: E402
-from stsnb.controls import control_labels  # noqa: E402
-from stsnb.features import cached_features, resolve_device, resolve_precision  # noqa: E402
-from stsnb.folds import make_folds, patient_table  # noqa: E402
-from stsnb.model import build_model  # noqa: E402
-from stsnb.training import cross_validate, head_training, open_slices  # noqa: E402
+from stsnb.core.combinations import resolve_combo  # noqa: E402
+from stsnb.results.controls import control_labels  # noqa: E402
+from stsnb.training.features import cached_features, resolve_device, resolve_precision  # noqa: E402
+from stsnb.training.folds import make_folds, patient_table  # noqa: E402
+from stsnb.training.model import build_model  # noqa: E402
+from stsnb.training.stage import cross_validate, head_training, open_slices  # noqa: E402
 
 
 def cpu_name() -> str:

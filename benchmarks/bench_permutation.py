@@ -11,7 +11,7 @@ high), one per combination, all on the same patients. Two ways to run the permut
 the nested cross-validation (outer stratified folds over patients, C chosen by inner 3-fold ROC
 AUC, refit, patient AUC of the out-of-fold probabilities; the observed run plus permutations):
 
-- ours: `stsnb.significance.permutation_null` (row-space Newton, every C, inner fold and
+- ours: `stsnb.results.significance.permutation_null` (row-space Newton, every C, inner fold and
   combination of a permutation in one batch);
 - sklearn: per combination and outer fold, ``GridSearchCV(make_pipeline(StandardScaler(),
   LogisticRegression()), {"logisticregression__C": Cs}, cv=StratifiedKFold(3, shuffle=True,
@@ -46,9 +46,10 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.linear import DEFAULT_CS, nested_cv_probs, patient_folds  # noqa: E402
-from stsnb.metrics import roc_auc  # noqa: E402
-from stsnb.significance import p_values, permutation_null, permuted_labels  # noqa: E402
+from stsnb.core.metrics import roc_auc  # noqa: E402
+from stsnb.results.significance import p_values, permutation_null  # noqa: E402
+from stsnb.training.folds import permutation_draw  # noqa: E402
+from stsnb.training.linear import DEFAULT_CS, nested_cv_probs, patient_folds  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
                 x, y, args.folds, args.seed, cs, args.inner_folds, args.exact_reference)
             for k in range(1, args.sklearn_permutations + 1):
                 reference_null[k - 1, column] = sklearn_cv(
-                    x, permuted_labels(y, args.seed, k), args.folds, args.seed, cs,
+                    x, permutation_draw(y, args.seed, k), args.folds, args.seed, cs,
                     args.inner_folds, args.exact_reference)[0]
     ref_wall, ref_cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     n_warnings = sum(issubclass(w.category, ConvergenceWarning) for w in caught)

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from stsnb.config import resolve_profile
-from stsnb.linear import patient_folds
-from stsnb.metrics import roc_auc
+from stsnb.core.metrics import roc_auc
 from stsnb.radiomics import models
 from stsnb.radiomics.permutation import radiomics_significance
 from stsnb.radiomics.stage import read_features
-from stsnb.significance import permuted_labels
-from stsnb.training import open_slices
+from stsnb.training.folds import permutation_draw
+from stsnb.training.linear import patient_folds
+from stsnb.training.stage import open_slices
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def main() -> None:
     sets = models.feature_sets(features)
     started = time.perf_counter()
     for k in range(1, args.sklearn_permutations + 1):
-        labels = permuted_labels(folds.labels, args.seed, k)
+        labels = permutation_draw(folds.labels, args.seed, k)
         tests = patient_folds(labels, profile.training.folds, args.seed)
         shuffled = models.PatientFolds("patient", folds.patient_ids, labels, tuple(tests),
                                        tuple(range(1, len(tests) + 1)))

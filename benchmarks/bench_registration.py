@@ -33,9 +33,9 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from stsnb.cohort import image_path
-from stsnb.cohort_config import read_cohort_config
 from stsnb.config import resolve_profile
+from stsnb.curation.cohort import image_path
+from stsnb.curation.cohort_config import read_cohort_config
 from stsnb.registration.inputs import patient_inputs
 from stsnb.registration.patient import register_patient
 from stsnb.registration.settings import registration_settings

@@ -40,18 +40,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.combinations import resolve_combo  # noqa: E402
 from stsnb.config import PAPER  # noqa: E402
-from stsnb.features import (  # noqa: E402
+from stsnb.core.combinations import resolve_combo  # noqa: E402
+from stsnb.core.modalities import STUDY_MODALITIES  # noqa: E402
+from stsnb.training.features import (  # noqa: E402
     ArraySlices,
     compute_features,
     resolve_device,
     resolve_precision,
 )
-from stsnb.folds import make_folds  # noqa: E402
-from stsnb.modalities import STUDY_MODALITIES  # noqa: E402
-from stsnb.model import build_model, prepare_backbone  # noqa: E402
-from stsnb.training import cross_validate, train_combination  # noqa: E402
+from stsnb.training.folds import make_folds  # noqa: E402
+from stsnb.training.model import build_model, prepare_backbone  # noqa: E402
+from stsnb.training.stage import cross_validate, train_combination  # noqa: E402
 
 
 def cpu_seconds() -> float:

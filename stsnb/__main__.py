@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .errors import StsnbError
-from .jobs import add_executor_arguments
-from .store import write_json_atomic
+from stsnb import __version__
+from stsnb.core.errors import StsnbError
+from stsnb.core.store import write_json_atomic
+from stsnb.run.jobs import add_executor_arguments
 
 #: Written after a complete generation: (patients, seed, version; the images and the MR frame
 #: when not the defaults) of the cohort in the folder.
@@ -19,9 +19,9 @@ SYNTH_STAMP = ".stsnb-synth.json"
 
 
 def _synth(args: argparse.Namespace) -> None:
-    from .modalities import STUDY_MODALITIES
-    from .synth import make_synthetic_cohort
-    from .synth.writer import check_modalities
+    from stsnb.core.modalities import STUDY_MODALITIES
+    from stsnb.synth import make_synthetic_cohort
+    from stsnb.synth.writer import check_modalities
 
     out = Path(args.out)
     stamp = out / SYNTH_STAMP
@@ -45,11 +45,11 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .book import CHAPTERS, run_chapters
+    from stsnb.book import CHAPTERS, run_chapters
 
     chapters = tuple(args.chapters) if args.chapters else CHAPTERS
     combos = tuple(args.combos) if args.combos else None
-    from .jobs import executor_choice
+    from stsnb.run.jobs import executor_choice
 
     run_chapters(args.cohort_dir, args.work_dir, args.profile, args.seed, chapters,
                  combos=combos, device=args.device, weights=args.weights,
@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _book(args: argparse.Namespace) -> None:
-    from .book import build_book
+    from stsnb.book import build_book
 
     if not args.build_only:
         _run(args)
@@ -69,8 +69,8 @@ def _book(args: argparse.Namespace) -> None:
 
 
 def _curate(args: argparse.Namespace) -> None:
-    from .config import resolve_profile
-    from .curation import run_curation
+    from stsnb.config import resolve_profile
+    from stsnb.curation.stage import run_curation
 
     result = run_curation(args.cohort_dir, args.work_dir, resolve_profile(args.profile),
                           seed=args.seed, min_followup_months=args.min_followup_months)
@@ -79,7 +79,7 @@ def _curate(args: argparse.Namespace) -> None:
 
 
 def _import_dicom(args: argparse.Namespace) -> None:
-    from .dicom import import_dicom_cohort
+    from stsnb.dicom import import_dicom_cohort
 
     result = import_dicom_cohort(
         args.source, args.out, import_map=args.map, clinical=args.clinical,

@@ -14,11 +14,12 @@ from typing import Any
 
 import pandas as pd
 
-from .batch import run_training_batch
-from .errors import StsnbError
-from .manifest import manifest_table, read_manifest
-from .notebook import markdown_table
-from .pages import (
+from stsnb.core.errors import StsnbError
+from stsnb.core.manifest import manifest_table, read_manifest
+from stsnb.core.store import ensure_writable_dir, write_text_atomic
+from stsnb.notebook import markdown_table
+from stsnb.run.batch import run_training_batch
+from stsnb.run.pages import (
     CHAPTERS,
     CV_CHAPTERS,
     TOO_SMALL_TRAINING_PAGE,
@@ -28,7 +29,6 @@ from .pages import (
     generated_dir,
     prepare_book_root,
 )
-from .store import ensure_writable_dir, write_text_atomic
 
 
 def run_chapters(
@@ -48,7 +48,7 @@ def run_chapters(
 
     Chapter 04 runs as a batch: every combination (or `combos`) under the patient split, then
     the controls the profile asks for; runs already done with the same configuration are kept.
-    `executor` (`stsnb.jobs.ExecutorChoice`) says where its pages run (default: here, one after
+    `executor` (`stsnb.run.jobs.ExecutorChoice`) says where its pages run (default: here, one after
     the other); every other chapter runs here, after them. `dry_run` prints what would run.
     """
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
@@ -114,10 +114,10 @@ def _dry_run(name: str, cohort_dir: str | Path, work_dir: Path, profile: str, se
 def cohort_shortfall(work_dir: str | Path, profile: str = "auto", seed: int = 0) -> str | None:
     """Why the patients that chapter 02 kept cannot be cross-validated with the profile's folds
     (numbers of patients and events, and what is needed); None when they can."""
-    from .config import resolve_profile
-    from .curation import read_cohort_table
-    from .folds import cross_validation_shortfall
-    from .registration import final_patients
+    from stsnb.config import resolve_profile
+    from stsnb.curation.stage import read_cohort_table
+    from stsnb.registration import final_patients
+    from stsnb.training.folds import cross_validation_shortfall
 
     config = resolve_profile(profile).training
     kept = final_patients(work_dir)
@@ -129,7 +129,7 @@ def cohort_shortfall(work_dir: str | Path, profile: str = "auto", seed: int = 0)
 def write_too_small_page(generated: Path, chapter: str, shortfall: str, profile: str) -> Path:
     """The page that replaces `chapter` in the book when the cohort is too small (any executed
     notebook of that chapter from an earlier run is removed, so the book shows only this)."""
-    from .config import resolve_profile
+    from stsnb.config import resolve_profile
 
     resolved = resolve_profile(profile)
     name = TOO_SMALL_TRAINING_PAGE if chapter == TRAINING_CHAPTER else chapter
@@ -173,7 +173,7 @@ def run_summary_markdown(work_dir: str | Path) -> str:
     ]
     weights = manifest.get("weights")
     if weights is not None:
-        from .model import network_sentence
+        from stsnb.training.model import network_sentence
 
         lines += [network_sentence(weights), ""]
     if weights is not None and not weights.get("pretrained", False):

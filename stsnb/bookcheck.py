@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import StsnbError
+from stsnb.core.errors import StsnbError
 
 #: Flags for a root, offline, headless Chromium (no background connections to refuse).
 CHROMIUM_ARGS = (

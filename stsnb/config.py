@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from stsnb.core.errors import ConfigError
 
 PROFILES = ("auto", "smoke", "quick", "paper")
 

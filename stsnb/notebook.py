@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Profile, config_table
-from .manifest import display_path
+from stsnb.config import Profile, config_table
+from stsnb.core.manifest import display_path
 
 PATH_PARAMETERS = ("cohort_dir", "work_dir", "weights")
 
@@ -83,7 +83,7 @@ def weights_warning(work_dir: str) -> Any:
     """A loud banner when the run's network was not initialised with ImageNet weights."""
     from IPython.display import HTML
 
-    from .manifest import read_manifest
-    from .training import weights_banner
+    from stsnb.core.manifest import read_manifest
+    from stsnb.training.stage import weights_banner
 
     return HTML(weights_banner(read_manifest(work_dir).get("weights")))

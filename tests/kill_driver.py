@@ -73,7 +73,7 @@ def run_stage(spec: dict[str, Any]) -> None:
 
         run_preprocessing(cohort, work, profile, seed=seed, progress=False)
     elif spec["stage"] == "training":
-        from stsnb.training import run_training
+        from stsnb.training.stage import run_training
 
         run_training(cohort, work, profile, seed=seed, combo=spec.get("combo", 1),
                      device="cpu", weights="none", precision="fp32", progress=False)

@@ -13,7 +13,7 @@ from cohort_fixtures import IDENTIFYING_COLUMNS, identifying_values
 
 from stsnb.book import CHAPTERS, REPO_ROOT
 from stsnb.config import SMOKE
-from stsnb.curation import read_cohort_table, run_curation
+from stsnb.curation.stage import read_cohort_table, run_curation
 
 pytestmark = pytest.mark.smoke
 
@@ -238,7 +238,7 @@ def test_reporting_page_answers_from_the_run_and_every_link_resolves(smoke_book)
     every item's link opens an existing page of the built book at an existing section."""
     page = smoke_book["html"] / "book" / "generated" / "09_reporting.html"
     links = _parse(page).checklist
-    from stsnb.reporting import ITEMS
+    from stsnb.reporting.page import ITEMS
 
     assert len(links) == len(ITEMS)
     for href in set(links):

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from stsnb.cohort import (
+from stsnb.core.errors import CohortError, ConfigError
+from stsnb.core.imageio import check_finite_file
+from stsnb.curation.cohort import (
     BOOK_CLINICAL_COLUMNS,
     EXCLUSION_REASONS,
     CohortConfig,
@@ -25,8 +27,6 @@ from stsnb.cohort import (
     read_cohort_config,
     read_image,
 )
-from stsnb.errors import CohortError, ConfigError
-from stsnb.imageio import check_finite_file
 
 try:
     from cohort_fixtures import (

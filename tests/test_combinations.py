@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stsnb.combinations import combinations_for, combinations_table, resolve_combo
-from stsnb.errors import ConfigError
+from stsnb.core.combinations import combinations_for, combinations_table, resolve_combo
+from stsnb.core.errors import ConfigError
 
 STUDY_NAMES = [
     "ct-dose-t1w", "ct-dose-ce_t1w", "ct-dose-t2w", "ct-t1w-ce_t1w", "ct-t1w-t2w",

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from stsnb.config import PAPER, QUICK, SMOKE, resolve_profile
-from stsnb.errors import ConfigError, StsnbError
-from stsnb.store import (
+from stsnb.core.errors import ConfigError, StsnbError
+from stsnb.core.store import (
     Stage,
     atomic_path,
     cohort_checksum,

@@ -9,7 +9,9 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from stsnb.calibration import (
+from stsnb.core.errors import StsnbError
+from stsnb.core.metrics import rank_auc
+from stsnb.results.calibration import (
     THRESHOLDS,
     brier_score,
     calibration_intercept,
@@ -20,9 +22,12 @@ from stsnb.calibration import (
     patient_calibration,
     treat_all_benefit,
 )
-from stsnb.delong import delong_covariance, delong_test, paired_delong, structural_components
-from stsnb.errors import StsnbError
-from stsnb.metrics import rank_auc
+from stsnb.results.delong import (
+    delong_covariance,
+    delong_test,
+    paired_delong,
+    structural_components,
+)
 
 
 def direct_components(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

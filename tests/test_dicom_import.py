@@ -17,9 +17,10 @@ from cohort_fixtures import image_from_array
 from pydicom.data import get_testdata_file
 
 from stsnb.__main__ import main
-from stsnb.cohort_config import read_cohort_config
 from stsnb.config import resolve_profile
-from stsnb.curation import run_curation
+from stsnb.core.errors import CohortError, LocatedError
+from stsnb.curation.cohort_config import read_cohort_config
+from stsnb.curation.stage import run_curation
 from stsnb.dicom import classify_series, import_dicom_cohort, read_import_report
 from stsnb.dicom.clinical import DAYS_PER_MONTH, read_clinical_map, read_sheet
 from stsnb.dicom.export import export_patient
@@ -27,7 +28,6 @@ from stsnb.dicom.rtdose import read_rtdose
 from stsnb.dicom.rtstruct import choose_roi, rasterise_contours
 from stsnb.dicom.scan import read_dataset
 from stsnb.dicom.series import pet_suv_factor
-from stsnb.errors import CohortError, LocatedError
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "tcia-sts-sample"
@@ -61,7 +61,7 @@ def test_real_sample_without_registration_runs_and_too_small_chapters_say_so(rea
     """Imported as the importer proposes (MR and PET in the CT's frame, nothing registered):
     chapters 01-03 run, the cross-validated chapters become pages that give the numbers."""
     from stsnb.book import run_chapters
-    from stsnb.folds import cross_validation_shortfall
+    from stsnb.training.folds import cross_validation_shortfall
 
     work = tmp_path / "work"
     outputs = run_chapters(real_cohort, work, profile="smoke",

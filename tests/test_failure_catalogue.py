@@ -24,12 +24,12 @@ import pytest
 import SimpleITK as sitk
 from cohort_fixtures import DEFAULT_ROWS, make_cohort, truncate, write_image, write_patient
 
-from stsnb import store
-from stsnb.cohort import curate_cohort
-from stsnb.combinations import resolve_combo
 from stsnb.config import resolve_profile
-from stsnb.errors import StsnbError
-from stsnb.store import ensure_writable_dir
+from stsnb.core import store
+from stsnb.core.combinations import resolve_combo
+from stsnb.core.errors import StsnbError
+from stsnb.core.store import ensure_writable_dir
+from stsnb.curation.cohort import curate_cohort
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "book" / "failures.md"
@@ -159,13 +159,13 @@ def _work_dir_not_writable(tmp):
 
 
 def _predictions_missing(tmp):
-    from stsnb.runs import load_predictions
+    from stsnb.core.runs import load_predictions
 
     return load_predictions(tmp / "runs" / "patient" / "combo09" / "predictions.csv")
 
 
 def _predictions_mixed_labels(tmp):
-    from stsnb.metrics import patient_predictions
+    from stsnb.core.metrics import patient_predictions
 
     table = pd.DataFrame({"patient_id": ["P01", "P01"], "slice_index": [3, 4], "fold": [1, 1],
                           "label": [0, 1], "prob": [0.2, 0.7]})
@@ -193,7 +193,7 @@ def _disk_full_slices(tmp):
 
 @functools.cache
 def _random_network():
-    from stsnb.model import build_model
+    from stsnb.training.model import build_model
 
     return build_model("none", seed=0)
 
@@ -201,7 +201,7 @@ def _random_network():
 def _disk_full_features(tmp):
     import torch
 
-    from stsnb.features import ArraySlices, cached_features
+    from stsnb.training.features import ArraySlices, cached_features
 
     index = pd.DataFrame({"patient_id": ["P01", "P01", "P02"], "slice_index": [3, 4, 3],
                           "label": [1, 1, 0]})
@@ -214,7 +214,7 @@ def _disk_full_features(tmp):
 
 def _disk_full_registration(tmp):
     from stsnb.config import SMOKE
-    from stsnb.curation import run_curation
+    from stsnb.curation.stage import run_curation
     from stsnb.registration import run_registration
 
     cohort = _cohort(tmp)

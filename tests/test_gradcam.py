@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stsnb.gradcam import (
+from stsnb.core.metrics import outcome_class
+from stsnb.gradcam.maps import (
     gradcam_maps,
     last_conv_layer,
     mass_shares,
@@ -14,8 +15,7 @@ from stsnb.gradcam import (
     ring_mask,
     select_slices,
 )
-from stsnb.metrics import outcome_class
-from stsnb.model import LAST_CONV, build_model
+from stsnb.training.model import LAST_CONV, build_model
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,18 @@ import pandas as pd
 import pytest
 from test_training import synthetic_volumes
 
-from stsnb import controls
 from stsnb.config import SMOKE
-from stsnb.errors import ConfigError, StsnbError
-from stsnb.features import read_feature_cache
-from stsnb.folds import make_folds
-from stsnb.linear import pool_features
-from stsnb.linear_runs import POOLED_FILE, linear_dir, linear_done, run_linear_training
-from stsnb.metrics import patient_predictions, roc_auc
-from stsnb.modalities import STUDY_MODALITIES
-from stsnb.runs import discover_runs
-from stsnb.significance import p_values, permutation_null
-from stsnb.training import run_training
+from stsnb.core.errors import ConfigError, StsnbError
+from stsnb.core.metrics import patient_predictions, roc_auc
+from stsnb.core.modalities import STUDY_MODALITIES
+from stsnb.core.runs import discover_runs
+from stsnb.results import controls
+from stsnb.results.significance import p_values, permutation_null
+from stsnb.training.features import read_feature_cache
+from stsnb.training.folds import make_folds
+from stsnb.training.linear import pool_features
+from stsnb.training.linear_runs import POOLED_FILE, linear_dir, linear_done, run_linear_training
+from stsnb.training.stage import run_training
 
 
 @pytest.fixture(scope="module")

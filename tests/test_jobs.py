@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from test_reliability import SEED, copy_work
 
-from stsnb import batch, jobs
-from stsnb.errors import ConfigError, StsnbError
-from stsnb.jobs import ExecutorChoice, JobOutcome, SlurmSettings
-from stsnb.manifest import MANIFEST, manifest_table, read_manifest
+from stsnb.core.errors import ConfigError, StsnbError
+from stsnb.core.manifest import MANIFEST, manifest_table, read_manifest
+from stsnb.run import batch, jobs
+from stsnb.run.jobs import ExecutorChoice, JobOutcome, SlurmSettings
 
 pytestmark = pytest.mark.smoke
 
@@ -176,8 +176,8 @@ def test_a_job_s_record_changes_only_what_the_job_computed(tmp_path, monkeypatch
     """A job that started before another finished must not put back the older entries it saw:
     its manifest record holds only its own changes."""
     from stsnb.config import SMOKE
-    from stsnb.manifest import update_manifest
-    from stsnb.store import JOB_DIR_ENV, record_timing, write_json_atomic
+    from stsnb.core.manifest import update_manifest
+    from stsnb.core.store import JOB_DIR_ENV, record_timing, write_json_atomic
 
     work = tmp_path / "work"
     cohort = tmp_path / "cohort"

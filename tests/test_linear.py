@@ -1,5 +1,6 @@
-"""The linear head (stsnb.linear) and the permutation test of its cross-validation
-(stsnb.significance): exactness against sklearn, the folds, pooling, no leakage, p-values."""
+"""The linear head (stsnb.training.linear) and the permutation test of its cross-validation
+(stsnb.results.significance): exactness against sklearn, the folds, pooling, no leakage,
+p-values."""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stsnb.errors import ConfigError
-from stsnb.folds import make_folds
-from stsnb.linear import (
+from stsnb.core.errors import ConfigError
+from stsnb.results.significance import (
+    PermutationResult,
+    cv_auc,
+    null_quantile,
+    p_values,
+    permutation_null,
+)
+from stsnb.training.folds import make_folds
+from stsnb.training.linear import (
     DEFAULT_CS,
     fit_predict_logistic,
     mask_fractions,
@@ -24,13 +32,6 @@ from stsnb.linear import (
     patient_matrix,
     pool_features,
     roc_auc,
-)
-from stsnb.significance import (
-    PermutationResult,
-    cv_auc,
-    null_quantile,
-    p_values,
-    permutation_null,
 )
 
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from torchvision.models import vgg19
 
-from stsnb import model as model_module
-from stsnb.errors import ConfigError
-from stsnb.model import (
+from stsnb.core.errors import ConfigError
+from stsnb.core.store import hash_file
+from stsnb.training import model as model_module
+from stsnb.training.model import (
     HED_SOURCE,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -26,8 +27,7 @@ from stsnb.model import (
     describe_weights,
     input_transform,
 )
-from stsnb.pretrained import CaffeInput, hed_weights_path, read_hed_vgg16
-from stsnb.store import hash_file
+from stsnb.training.pretrained import CaffeInput, hed_weights_path, read_hed_vgg16
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from stsnb.book import CHAPTERS
-from stsnb.combinations import combinations_for, resolve_combo
-from stsnb.results import combination_names, combination_summary, study_comparison
+from stsnb.core.combinations import combinations_for, resolve_combo
+from stsnb.results.stats import combination_names, combination_summary, study_comparison
 
 pytestmark = pytest.mark.smoke
 

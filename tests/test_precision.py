@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from stsnb import precision
-from stsnb.features import resolve_precision
+from stsnb.training import precision
+from stsnb.training.features import resolve_precision
 
 
 class Stub:

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from stsnb.combinations import combinations_for
 from stsnb.config import SMOKE, PreprocessingConfig, Profile
-from stsnb.errors import StsnbError
-from stsnb.modalities import STUDY_MODALITIES
+from stsnb.core.combinations import combinations_for
+from stsnb.core.errors import StsnbError
+from stsnb.core.modalities import STUDY_MODALITIES
 from stsnb.slices import (
     AxialFrame,
     PatientSource,

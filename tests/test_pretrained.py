@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from stsnb import pretrained
-from stsnb.errors import WeightsError
-from stsnb.pretrained import (
+from stsnb.core.errors import WeightsError
+from stsnb.training import pretrained
+from stsnb.training.pretrained import (
     CAFFE_MEAN_BGR,
     SIDE_TAPS,
     CaffeInput,

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from stsnb.errors import StsnbError
+from stsnb.core.errors import StsnbError
 from stsnb.radiomics import (
     COMMON_SETTINGS,
     RADIOMICS_SETTINGS,

@@ -14,17 +14,16 @@ from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import StandardScaler
 
-from stsnb import results
 from stsnb.config import SMOKE
-from stsnb.errors import ConfigError, StsnbError
-from stsnb.folds import make_folds
-from stsnb.linear import patient_folds as redrawn_folds
-from stsnb.metrics import PREDICTION_COLUMNS, roc_auc
+from stsnb.core.errors import ConfigError, StsnbError
+from stsnb.core.metrics import PREDICTION_COLUMNS, roc_auc
+from stsnb.core.runs import discover_runs, parse_radiomics_run_name
+from stsnb.core.store import write_csv_atomic
 from stsnb.radiomics import models
 from stsnb.radiomics import permutation as radiomics_permutation
-from stsnb.runs import discover_runs, parse_radiomics_run_name
-from stsnb.significance import permuted_labels
-from stsnb.store import write_csv_atomic
+from stsnb.results import stats as results
+from stsnb.training.folds import make_folds, permutation_draw
+from stsnb.training.linear import patient_folds as redrawn_folds
 
 N_PATIENTS, N_POSITIVE, SLICES = 36, 12, 2
 PROFILE = replace(SMOKE, training=replace(SMOKE.training, folds=4),
@@ -283,7 +282,7 @@ def test_permutation_test_of_the_lr_models(layout):
     features = pd.read_csv(layout["work"] / "radiomics" / "features.csv",
                            dtype={"patient_id": str})
     x = models.feature_matrix(features, folds.patient_ids, models.feature_sets(features)["ct"])
-    labels = permuted_labels(folds.labels, 0, 1)
+    labels = permutation_draw(folds.labels, 0, 1)
     once = radiomics_permutation.nested_cv_batch(
         [x], labels, redrawn_folds(labels, PROFILE.training.folds, 0), PROFILE.radiomics, 0)
     assert result.null[0, 0] == pytest.approx(roc_auc(labels, once.prob[0]), abs=1e-12)

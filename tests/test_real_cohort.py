@@ -28,10 +28,10 @@ from stsnb.appendix.real_cohort import (
     mask_agreement,
     placements,
 )
-from stsnb.cohort_config import CohortConfig, read_cohort_config
 from stsnb.config import QUICK, SMOKE
-from stsnb.curation import run_curation
-from stsnb.errors import CohortError, StsnbError
+from stsnb.core.errors import CohortError, StsnbError
+from stsnb.curation.cohort_config import CohortConfig, read_cohort_config
+from stsnb.curation.stage import run_curation
 from stsnb.registration import decide_patients, registration_settings, run_registration
 from stsnb.registration.errors import RegistrationError
 from stsnb.registration.rigid import focus_mask

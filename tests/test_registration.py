@@ -19,9 +19,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from stsnb.cohort_config import CohortConfig
 from stsnb.config import QUICK, SMOKE, Profile, RegistrationConfig
-from stsnb.errors import CohortError
+from stsnb.core.errors import CohortError
+from stsnb.curation.cohort_config import CohortConfig
 from stsnb.registration import (
     QA_COLUMNS,
     RegistrationError,
@@ -672,11 +672,11 @@ def test_ct_frame_synthetic_cohort_runs_every_stage_without_registration(tmp_pat
     """`synth --mr-frame ct`: the MR written in the CT's frame on its own grid. Nothing is
     registered; the per-sequence contours placed by geometry agree with the GTV (Dice >= 0.95);
     the slice store and a training run follow unchanged."""
-    from stsnb.curation import run_curation
-    from stsnb.modalities import MR_MODALITIES
+    from stsnb.core.modalities import MR_MODALITIES
+    from stsnb.curation.stage import run_curation
     from stsnb.slices import run_preprocessing
     from stsnb.synth import make_synthetic_cohort
-    from stsnb.training import train_combination
+    from stsnb.training.stage import train_combination
 
     cohort, work = tmp_path / "cohort", tmp_path / "work"
     make_synthetic_cohort(cohort, n_patients=8, seed=3, progress=False, workers=1,

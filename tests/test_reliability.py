@@ -22,17 +22,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stsnb import batch, store, training
-from stsnb import manifest as manifest_module
 from stsnb.config import SMOKE
-from stsnb.errors import StsnbError
-from stsnb.features import FEATURE_DIR
-from stsnb.manifest import MANIFEST, TRACKED_PACKAGES, read_manifest
+from stsnb.core import manifest as manifest_module
+from stsnb.core import store
+from stsnb.core.errors import StsnbError
+from stsnb.core.manifest import MANIFEST, TRACKED_PACKAGES, read_manifest
+from stsnb.core.runs import RUN_RECORD
+from stsnb.core.store import STAGE_RECORD
 from stsnb.registration import run_registration
-from stsnb.runs import RUN_RECORD
+from stsnb.run import batch
 from stsnb.slices import SliceStore, run_preprocessing
-from stsnb.store import STAGE_RECORD
-from stsnb.training import run_training
+from stsnb.training import stage as training
+from stsnb.training.features import FEATURE_DIR
+from stsnb.training.stage import run_training
 
 pytestmark = pytest.mark.smoke
 
@@ -120,7 +122,7 @@ def test_training_killed_mid_fold_resumes_without_redoing_the_finished_fold(
         reference, smoke_book, tmp_path, monkeypatch):
     work = copy_work(smoke_book, tmp_path / "work")
     kill({"stage": "training", "cohort_dir": reference["cohort"], "work_dir": work,
-          "target": "stsnb.training:fit_fold", "call": 2, "mode": "before"})
+          "target": "stsnb.training.stage:fit_fold", "call": 2, "mode": "before"})
     out = work / RUN
     assert (out / "folds" / "fold01" / "fold.json").exists()
     assert not (out / "folds" / "fold02" / "fold.json").exists()

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stsnb import failures, reporting
-from stsnb.errors import StsnbError
+from stsnb.core.errors import StsnbError
+from stsnb.reporting import failures
+from stsnb.reporting import page as reporting
 
 
 @pytest.mark.parametrize(("heading", "expected"), [

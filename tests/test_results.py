@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stsnb.errors import StsnbError
-from stsnb.metrics import binary_metrics, patient_predictions
-from stsnb.results import (
+from stsnb.core.errors import StsnbError
+from stsnb.core.metrics import binary_metrics, patient_predictions
+from stsnb.core.runs import load_predictions
+from stsnb.results.stats import (
     STUDY_TABLE,
     baseline_predictions,
     bootstrap_ci,
@@ -19,7 +20,6 @@ from stsnb.results import (
     patient_metrics_ci,
     study_comparison,
 )
-from stsnb.runs import load_predictions
 
 
 def _predictions(n_patients: int = 40, slices: int = 5, signal: float = 2.0, seed: int = 0):
@@ -134,7 +134,7 @@ def test_load_predictions_validates(tmp_path):
 
 
 def test_auc_order_best_first_ties_by_number_nan_last():
-    from stsnb.results import auc_order
+    from stsnb.results.stats import auc_order
 
     assert auc_order({3: 0.6, 1: 0.7, 2: 0.6, 4: float("nan"), 5: 0.4}) == [1, 2, 3, 5, 4]
 
@@ -143,7 +143,7 @@ def test_chance_band_matches_permutation_distribution():
     """The band holds ~95% of the AUCs of random scores for 18 DM and 43 other patients."""
     from sklearn.metrics import roc_auc_score
 
-    from stsnb.results import chance_band
+    from stsnb.results.stats import chance_band
 
     low, high = chance_band(18, 43)
     assert 0.33 < low < 0.35 and 0.65 < high < 0.67
@@ -161,7 +161,7 @@ def test_metrics_equal_sklearn():
     sklearn's values, ties and NaN rules (zero_division=nan, one class) included."""
     from sklearn import metrics as sk
 
-    from stsnb.metrics import METRICS, STUDY_METRICS, metric, study_metrics
+    from stsnb.core.metrics import METRICS, STUDY_METRICS, metric, study_metrics
 
     nan = float("nan")
     rng = np.random.default_rng(1)

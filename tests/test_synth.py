@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from stsnb.cohort_config import read_cohort_config
-from stsnb.errors import ConfigError
-from stsnb.modalities import MR_MODALITIES, STUDY_MODALITIES
+from stsnb.core.errors import ConfigError
+from stsnb.core.modalities import MR_MODALITIES, STUDY_MODALITIES
+from stsnb.curation.cohort_config import read_cohort_config
 from stsnb.synth import anatomy as A
 from stsnb.synth import make_synthetic_cohort, plan_cohort
 from stsnb.synth.pet import psf_sigma_mm, render_pet

@@ -17,16 +17,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from stsnb import training
-from stsnb.combinations import resolve_combo
 from stsnb.config import QUICK, SMOKE
-from stsnb.errors import ConfigError
-from stsnb.features import ArraySlices, cached_features, resolve_device, resolve_precision
-from stsnb.folds import Fold, LeakageError, assert_no_leakage, make_folds, permuted_labels
-from stsnb.metrics import PREDICTION_COLUMNS
-from stsnb.modalities import STUDY_MODALITIES
-from stsnb.model import backbone_forward, build_model
-from stsnb.training import (
+from stsnb.core.combinations import resolve_combo
+from stsnb.core.errors import ConfigError
+from stsnb.core.metrics import PREDICTION_COLUMNS
+from stsnb.core.modalities import STUDY_MODALITIES
+from stsnb.training import stage as training
+from stsnb.training.features import ArraySlices, cached_features, resolve_device, resolve_precision
+from stsnb.training.folds import Fold, LeakageError, assert_no_leakage, make_folds, permuted_labels
+from stsnb.training.model import backbone_forward, build_model
+from stsnb.training.stage import (
     EarlyStopping,
     class_weights,
     constant_loss,
@@ -338,7 +338,7 @@ def test_rms_tables_come_from_one_product_and_match_the_primal_head(bundle, slic
 def test_freed_buffers_are_kept_for_the_next_step_on_glibc():
     import platform
 
-    from stsnb.head import reuse_freed_memory
+    from stsnb.training.head import reuse_freed_memory
     kept = reuse_freed_memory()
     assert kept is (platform.libc_ver()[0] == "glibc")
     assert reuse_freed_memory() is kept  # once per process
@@ -478,7 +478,7 @@ def synthetic_volumes(n_patients: int = 8):
 
 
 def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatch):
-    from stsnb import batch
+    from stsnb.run import batch
     from stsnb.slices import build_slice_store
 
     work = tmp_path / "work"
@@ -499,7 +499,7 @@ def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatc
     manifest = json.loads((work / "manifest.json").read_text())
     assert manifest["weights"]["pretrained"] is False and "training" in manifest["stages"]
     assert (work / "runs" / "patient" / "combo09" / "predictions.csv").exists()
-    from stsnb import jobs
+    from stsnb.run import jobs
 
     monkeypatch.setattr(jobs, "run_page", lambda *a, **k: pytest.fail("not skipped"))
     again = batch.run_training_batch(tmp_path / "cohort", work, profile="smoke", seed=0,
@@ -509,8 +509,8 @@ def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatc
 
 
 def test_batch_jobs_follow_the_profile():
-    from stsnb import batch
     from stsnb.config import PAPER
+    from stsnb.run import batch
 
     jobs = batch.training_jobs(QUICK, STUDY_MODALITIES)
     assert jobs == [(n, "patient") for n in range(1, 11)]  # controls wait for the ranking

@@ -10,8 +10,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..plots.registration import axes_in_mm, mr_window, normalise, outline_mask
-from .real_cohort import CORTEX_MIN_HU, Placements
+from stsnb.appendix.real_cohort import CORTEX_MIN_HU, Placements
+from stsnb.plots.registration import axes_in_mm, mr_window, normalise, outline_mask
 
 
 def cortex_figure(placed: Placements) -> Figure:

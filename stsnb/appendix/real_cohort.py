@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..cohort import image_path
-from ..cohort_config import COHORT_TOML, read_cohort_config
-from ..config import Profile
-from ..dicom import ImportResult, import_dicom_cohort
-from ..errors import StsnbError
-from ..registration.measures import (
+from stsnb.config import Profile
+from stsnb.core.errors import StsnbError
+from stsnb.core.store import write_text_atomic
+from stsnb.curation.cohort import image_path
+from stsnb.curation.cohort_config import COHORT_TOML, read_cohort_config
+from stsnb.dicom import ImportResult, import_dicom_cohort
+from stsnb.registration.measures import (
     CORTEX_MIN_HU,
     CORTEX_TIE,
     MIN_CORTEX_VOXELS,
@@ -36,10 +37,9 @@ from ..registration.measures import (
     displacements_mm,
     mask_points_mm,
 )
-from ..registration.qa import read_qa
-from ..registration.rigid import register_rigid
-from ..registration.settings import registration_settings
-from ..store import write_text_atomic
+from stsnb.registration.qa import read_qa
+from stsnb.registration.rigid import register_rigid
+from stsnb.registration.settings import registration_settings
 
 __all__ = [
     "DICE_MIN",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..dicom import ImportResult
-from .real_cohort import DICE_MIN, GRID_TOLERANCE_MM, IDENTITY_MAX_MM
+from stsnb.appendix.real_cohort import DICE_MIN, GRID_TOLERANCE_MM, IDENTITY_MAX_MM
+from stsnb.dicom import ImportResult
 
 
 def _listed(items: list[str]) -> str:

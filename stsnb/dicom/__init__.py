@@ -4,9 +4,9 @@ the cohort layout (DESIGN.md section 4), and a small exporter used by the round-
 ``python -m stsnb import-dicom SRC --out COHORT_DIR`` runs :func:`import_dicom_cohort`.
 """
 
-from .classify import DEFAULT_ROI_PATTERN, ImportMap, classify_series, read_import_map
-from .report import REPORT_CSV, REPORT_JSON, read_import_report
-from .writer import ImportResult, import_dicom_cohort, pseudonym
+from stsnb.dicom.classify import DEFAULT_ROI_PATTERN, ImportMap, classify_series, read_import_map
+from stsnb.dicom.report import REPORT_CSV, REPORT_JSON, read_import_report
+from stsnb.dicom.writer import ImportResult, import_dicom_cohort, pseudonym
 
 __all__ = [
     "DEFAULT_ROI_PATTERN",

@@ -23,8 +23,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stsnb.errors import CohortError
-from stsnb.modalities import KNOWN_MODALITIES
+from stsnb.core.errors import CohortError
+from stsnb.core.modalities import KNOWN_MODALITIES
 
 __all__ = [
     "DEFAULT_ROI_PATTERN",

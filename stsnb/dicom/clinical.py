@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stsnb.errors import CohortError
+from stsnb.core.errors import CohortError
 
 __all__ = ["DAYS_PER_MONTH", "ClinicalMap", "map_clinical", "read_clinical_map", "read_sheet"]
 

@@ -11,15 +11,14 @@ from pathlib import Path
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from stsnb.errors import CohortError
-from stsnb.modalities import MR_MODALITIES
-
-from .classify import Classification, ImportMap, classify_series
-from .report import Reporter
-from .rtdose import DoseGrid, Prescription, combine_doses, read_prescription, read_rtdose
-from .rtstruct import choose_roi, rasterise_contours, referenced_series, roi_contours
-from .scan import PatientSource, RtObject, SeriesGroup, read_dataset, scan_patient
-from .series import SeriesImage, read_series
+from stsnb.core.errors import CohortError
+from stsnb.core.modalities import MR_MODALITIES
+from stsnb.dicom.classify import Classification, ImportMap, classify_series
+from stsnb.dicom.report import Reporter
+from stsnb.dicom.rtdose import DoseGrid, Prescription, combine_doses, read_prescription, read_rtdose
+from stsnb.dicom.rtstruct import choose_roi, rasterise_contours, referenced_series, roi_contours
+from stsnb.dicom.scan import PatientSource, RtObject, SeriesGroup, read_dataset, scan_patient
+from stsnb.dicom.series import SeriesImage, read_series
 
 __all__ = ["PatientImport", "import_patient"]
 

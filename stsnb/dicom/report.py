@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from stsnb.cohort_config import cohort_path
-from stsnb.errors import CohortError
+from stsnb.core.errors import CohortError
+from stsnb.curation.cohort_config import cohort_path
 
 __all__ = ["REPORT_COLUMNS", "REPORT_CSV", "REPORT_JSON", "Reporter", "read_import_report",
            "scrub"]

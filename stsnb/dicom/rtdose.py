@@ -10,9 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from stsnb.errors import CohortError
-
-from .scan import read_dataset, slice_normal
+from stsnb.core.errors import CohortError
+from stsnb.dicom.scan import read_dataset, slice_normal
 
 __all__ = ["DoseGrid", "Prescription", "combine_doses", "read_prescription", "read_rtdose"]
 

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from matplotlib.path import Path as PolygonPath
 from pydicom.dataset import Dataset
 
-from stsnb.errors import CohortError
+from stsnb.core.errors import CohortError
 
 __all__ = ["RoiChoice", "choose_roi", "rasterise_contours", "referenced_series", "roi_contours"]
 

@@ -12,7 +12,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from stsnb.errors import CohortError
+from stsnb.core.errors import CohortError
 
 __all__ = ["ImageSlice", "PatientSource", "RtObject", "SeriesGroup", "patient_folders",
            "read_dataset", "scan_patient"]

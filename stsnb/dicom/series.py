@@ -13,9 +13,8 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from stsnb.errors import CohortError
-
-from .scan import SeriesGroup, slice_normal
+from stsnb.core.errors import CohortError
+from stsnb.dicom.scan import SeriesGroup, slice_normal
 
 __all__ = ["Geometry", "SeriesImage", "pet_suv_factor", "read_series", "series_geometry"]
 

@@ -24,15 +24,14 @@ import SimpleITK as sitk
 from tqdm.auto import tqdm
 
 from stsnb import __version__
-from stsnb.cohort_config import COHORT_TOML, read_cohort_config
-from stsnb.errors import CohortError
-from stsnb.modalities import KNOWN_MODALITIES
-
-from .classify import read_import_map
-from .clinical import map_clinical, read_clinical_map
-from .patient import PatientImport, import_patient
-from .report import REPORT_COLUMNS, REPORT_CSV, REPORT_JSON
-from .scan import patient_folders
+from stsnb.core.errors import CohortError
+from stsnb.core.modalities import KNOWN_MODALITIES
+from stsnb.curation.cohort_config import COHORT_TOML, read_cohort_config
+from stsnb.dicom.classify import read_import_map
+from stsnb.dicom.clinical import map_clinical, read_clinical_map
+from stsnb.dicom.patient import PatientImport, import_patient
+from stsnb.dicom.report import REPORT_COLUMNS, REPORT_CSV, REPORT_JSON
+from stsnb.dicom.scan import patient_folders
 
 __all__ = ["ImportResult", "import_dicom_cohort", "pseudonym"]
 

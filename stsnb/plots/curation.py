@@ -11,16 +11,16 @@ import seaborn as sns
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 
-from ..imageio import read_image
-from ..modalities import DISPLAY_NAMES
-from .images import on_ct_grid, show_axial
+from stsnb.core.imageio import read_image
+from stsnb.core.modalities import DISPLAY_NAMES
+from stsnb.plots.images import on_ct_grid, show_axial
 
 
 def inclusion_flow_diagram(flow: pd.DataFrame, cohort: pd.DataFrame | None = None) -> Figure:
     """Boxes and arrows: screened -> excluded (count per reason) -> included.
 
-    `flow` is `stsnb.cohort.inclusion_flow`'s table; with `cohort`, the excluded total counts
-    patients (one patient may have several reasons).
+    `flow` is `stsnb.curation.cohort.inclusion_flow`'s table; with `cohort`, the excluded total
+    counts patients (one patient may have several reasons).
     """
     screened = int(flow.loc[flow["step"] == "screened", "n_patients"].sum())
     included = int(flow.loc[flow["step"] == "included", "n_patients"].sum())

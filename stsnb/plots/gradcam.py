@@ -8,8 +8,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ..gradcam import GradCamResult, overlay
-from ..modalities import DISPLAY_NAMES
+from stsnb.core.modalities import DISPLAY_NAMES
+from stsnb.gradcam.maps import GradCamResult, overlay
 
 OUTCOMES = ("TP", "FN", "FP", "TN")
 

@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 from matplotlib.axes import Axes
 
-from ..modalities import DISPLAY_NAMES, UNITS
+from stsnb.core.modalities import DISPLAY_NAMES, UNITS
 
 #: Display windows: CT soft-tissue window in HU; dose 0 to 110% of 50 Gy.
 CT_WINDOW_HU = (-160.0, 240.0)

@@ -10,9 +10,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..combinations import Combination
-from ..modalities import DISPLAY_NAMES, UNITS
-from ..slices import SliceStore
+from stsnb.core.combinations import Combination
+from stsnb.core.modalities import DISPLAY_NAMES, UNITS
+from stsnb.slices import SliceStore
 
 #: The study's number of 2D slices (image-processing slide: "2395 images in total").
 STUDY_SLICES = 2395

@@ -13,9 +13,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..modalities import DISPLAY_NAMES
-from ..registration.views import PatientViews
-from .images import CT_WINDOW_HU
+from stsnb.core.modalities import DISPLAY_NAMES
+from stsnb.plots.images import CT_WINDOW_HU
+from stsnb.registration.views import PatientViews
 
 #: Side of a checkerboard square (mm).
 CHECKER_MM = 20.0

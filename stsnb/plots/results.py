@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from ..results import STUDY_TABLE, roc_points
+from stsnb.results.stats import STUDY_TABLE, roc_points
 
 
 def accuracy_by_set_figure(summary: pd.DataFrame) -> Figure:
@@ -60,7 +60,7 @@ def study_comparison_figure(summary: pd.DataFrame) -> Figure:
 
 def roc_figure(predictions: dict[int, pd.DataFrame], names: dict[int, str]) -> Figure:
     """Patient-level ROC curve of each combination, AUC in the legend."""
-    from ..metrics import binary_metrics, patient_predictions
+    from stsnb.core.metrics import binary_metrics, patient_predictions
 
     fig, ax = plt.subplots(figsize=(6, 6))
     for combo, preds in sorted(predictions.items()):

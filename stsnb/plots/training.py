@@ -8,8 +8,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..combinations import Combination
-from ..modalities import DISPLAY_NAMES
+from stsnb.core.combinations import Combination
+from stsnb.core.modalities import DISPLAY_NAMES
 
 PHASE_STYLE = {"train": {"color": "#4c72b0", "ls": "-"}, "val": {"color": "#dd8452", "ls": "--"}}
 METRIC_LABELS = {"loss": "cross-entropy loss", "accuracy": "accuracy (fraction of slices)"}

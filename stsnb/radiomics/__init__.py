@@ -10,10 +10,15 @@ patient folds, ``runs/<split>/radiomics-<set>-<model>/``) and ``permutation`` (t
 test of the lr models, rows shaped like significance.csv).
 """
 
-from .environment import library_versions, radiomics_python
-from .errors import RadiomicsError
-from .inputs import MAX_OUTSIDE_FRACTION, RadiomicsInputs, check_inputs, radiomics_inputs
-from .settings import (
+from stsnb.radiomics.environment import library_versions, radiomics_python
+from stsnb.radiomics.errors import RadiomicsError
+from stsnb.radiomics.inputs import (
+    MAX_OUTSIDE_FRACTION,
+    RadiomicsInputs,
+    check_inputs,
+    radiomics_inputs,
+)
+from stsnb.radiomics.settings import (
     COMMON_SETTINGS,
     RADIOMICS_SETTINGS,
     SPATIAL_AUTOCORRELATION,
@@ -21,7 +26,7 @@ from .settings import (
     left_out_features,
     settings_table,
 )
-from .stage import RadiomicsRun, has_features, read_features, run_radiomics
+from stsnb.radiomics.stage import RadiomicsRun, has_features, read_features, run_radiomics
 
 __all__ = [
     "COMMON_SETTINGS",

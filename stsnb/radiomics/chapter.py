@@ -2,7 +2,7 @@
 networks' best, the declared DeLong comparisons, calibration, and the summary in words.
 
 The networks' best combination is the FC head's highest patient AUC on the patient split
-(`stsnb.results.auc_order`, the one chapter 06 explains); the linear head is read on the same
+(`stsnb.results.stats.auc_order`, the one chapter 06 explains); the linear head is read on the same
 combination. The radiomics ``lr`` models' permutation rows are written to
 ``work_dir/radiomics/significance.csv``, not to ``work_dir/significance.csv``: the latter's
 ``combo`` column holds combination numbers only (chapter 05 and tests/test_heads.py read it so),
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..calibration import patient_calibration
-from ..delong import paired_delong
-from ..errors import StsnbError
-from ..radiomics.models import ALL
-from ..results import auc_order, patient_aucs, patient_metrics_ci, split_predictions
-from ..runs import radiomics_head, radiomics_run_name
-from ..store import write_csv_atomic
-from .stage import radiomics_dir
+from stsnb.core.errors import StsnbError
+from stsnb.core.runs import radiomics_head, radiomics_run_name
+from stsnb.core.store import write_csv_atomic
+from stsnb.radiomics.models import ALL
+from stsnb.radiomics.stage import radiomics_dir
+from stsnb.results.calibration import patient_calibration
+from stsnb.results.delong import paired_delong
+from stsnb.results.stats import auc_order, patient_aucs, patient_metrics_ci, split_predictions
 
 SIGNIFICANCE_FILE = "significance.csv"
 AUC_COLUMNS = ("model", "kind", "features", "patient_auc", "ci_low", "ci_high", "n_patients")

@@ -13,7 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..errors import StsnbError
+from stsnb.core.errors import StsnbError
 
 ROOT = Path(__file__).resolve().parents[2]
 RADIOMICS_VENV = ROOT / ".venv-radiomics"

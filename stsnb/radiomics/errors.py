@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import LocatedError
+from stsnb.core.errors import LocatedError
 
 
 class RadiomicsError(LocatedError):

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..cohort import GTV_FILE, image_path
-from ..errors import CohortError
-from ..imageio import check_binary_mask, check_same_grid, read_header, read_image
-from ..registration.review import registration_dir
-from .errors import RadiomicsError
+from stsnb.core.errors import CohortError
+from stsnb.core.imageio import check_binary_mask, check_same_grid, read_header, read_image
+from stsnb.curation.cohort import GTV_FILE, image_path
+from stsnb.radiomics.errors import RadiomicsError
+from stsnb.registration.review import registration_dir
 
 #: Largest share of the GTV's voxels that may be 0 in a resampled image (0 is the value the
 #: resampling gives outside the image's field of view); more means the image does not cover the

@@ -1,8 +1,8 @@
 """Radiomics models on chapter 04's patient folds: ``runs/<split>/radiomics-<set>-<model>/``.
 
-The folds are the networks' (`stsnb.folds.make_folds` on the slice store, the profile's folds,
-seed and validation fraction), turned into patient-level test sets: every patient in exactly one
-test fold, trained on every other patient (the networks' training and validation patients
+The folds are the networks' (`stsnb.training.folds.make_folds` on the slice store, the profile's
+folds, seed and validation fraction), turned into patient-level test sets: every patient in exactly
+one test fold, trained on every other patient (the networks' training and validation patients
 together; these models need no early stopping). Feature sets: each declared image alone (its
 ``<image>__*`` columns of ``radiomics/features.csv``; the shape features are the CT's, as the
 stage writes them) and ``all``. Models, each an sklearn Pipeline fitted on the training patients
@@ -39,13 +39,11 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..config import Profile, RadiomicsConfig, resolve_profile
-from ..errors import ConfigError, StsnbError
-from ..folds import FoldPlan, assert_no_leakage, check_split, make_folds
-from ..linear import one_blas_thread
-from ..manifest import software_key
-from ..metrics import PREDICTION_COLUMNS, STUDY_METRICS, binary_metrics, rank_auc
-from ..runs import (
+from stsnb.config import Profile, RadiomicsConfig, resolve_profile
+from stsnb.core.errors import ConfigError, StsnbError
+from stsnb.core.manifest import software_key
+from stsnb.core.metrics import PREDICTION_COLUMNS, STUDY_METRICS, binary_metrics, rank_auc
+from stsnb.core.runs import (
     GROUPED_SPLITS,
     RADIOMICS_MODELS,
     RADIOMICS_PREFIX,
@@ -54,7 +52,7 @@ from ..runs import (
     radiomics_run_name,
     run_dir,
 )
-from ..store import (
+from stsnb.core.store import (
     Record,
     hash_config,
     read_json,
@@ -62,7 +60,9 @@ from ..store import (
     remove_stale_temporaries,
     write_csv_atomic,
 )
-from .stage import SEPARATOR, read_features
+from stsnb.radiomics.stage import SEPARATOR, read_features
+from stsnb.training.folds import FoldPlan, assert_no_leakage, check_split, make_folds
+from stsnb.training.linear import one_blas_thread
 
 STAGE = "radiomics_models"
 #: Bumped when the meaning of a run's outputs changes (part of its key).
@@ -430,7 +430,7 @@ def run_radiomics_models(work_dir: str | Path, profile: Profile | str = "auto", 
     Reads ``radiomics/features.csv`` and the slice store of ``work_dir`` (or `store`: anything
     with the slice `index`), whose patients must all have features.
     """
-    from ..training import open_slices
+    from stsnb.training.stage import open_slices
 
     profile = resolve_profile(profile)
     source = store if store is not None else open_slices(work_dir, profile)
@@ -457,7 +457,7 @@ def models_table(runs: list[RadiomicsModelRun]) -> pd.DataFrame:
 def split_runs(work_dir: str | Path, split: str = "patient",
                model: str | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """(set, model) -> predictions.csv of every finished radiomics run of `split` (of `model`)."""
-    from ..runs import discover_runs, load_predictions
+    from stsnb.core.runs import discover_runs, load_predictions
 
     runs = discover_runs(work_dir, "radiomics")
     runs = runs[runs["split"] == check_split(split)]

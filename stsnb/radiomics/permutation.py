@@ -2,10 +2,10 @@
 patient labels, every feature set at once.
 
 The semantics of sklearn's `permutation_test_score` with the folds redrawn: permutation k
-permutes the patients' labels (`stsnb.significance.permuted_labels`, the linear head's
+permutes the patients' labels (`stsnb.training.folds.permutation_draw`, the linear head's
 permutations), the outer folds are drawn again under them by the networks' splitter
-(`stsnb.linear.patient_folds`: chapter 04's patient split), and in every outer training set the
-imputation, scaling, selection of k features, the inner choice of k and C and the final fit are
+(`stsnb.training.linear.patient_folds`: chapter 04's patient split), and in every outer training set
+the imputation, scaling, selection of k features, the inner choice of k and C and the final fit are
 all made again. The same permuted labels and folds serve every feature set, so the largest AUC
 over the sets in each permutation gives the null of the best set (max-statistic correction for
 the choice among sets).
@@ -13,7 +13,7 @@ the choice among sets).
 `nested_cv_batch` is the ``lr`` pipeline of `stsnb.radiomics.models` computed fast: the same
 sklearn imputer, scaler and F-test on the same rows, the same choice of the k best columns and the
 same grid order and tie rule, with the logistic regressions of every set, split and C solved at
-once by the linear head's batched Newton solver (`stsnb.linear.fit_predict_batch`); its
+once by the linear head's batched Newton solver (`stsnb.training.linear.fit_predict_batch`); its
 probabilities agree with the Pipeline's to solver precision (tests/test_radiomics_models.py).
 """
 
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..config import Profile, RadiomicsConfig, resolve_profile
-from ..errors import ConfigError
-from ..linear import fit_predict_batch, patient_folds
-from ..metrics import roc_auc
-from ..radiomics.models import (
+from stsnb.config import Profile, RadiomicsConfig, resolve_profile
+from stsnb.core.errors import ConfigError
+from stsnb.core.metrics import roc_auc
+from stsnb.core.runs import radiomics_head
+from stsnb.radiomics.models import (
     FALLBACK_C,
     feature_matrix,
     feature_sets,
@@ -40,9 +40,9 @@ from ..radiomics.models import (
     inner_splitter,
     k_choices,
 )
-from ..runs import radiomics_head
-from ..significance import PermutationResult, p_values, permuted_runs
-from .stage import read_features
+from stsnb.radiomics.stage import read_features
+from stsnb.results.significance import PermutationResult, p_values, permuted_runs
+from stsnb.training.linear import fit_predict_batch, patient_folds
 
 #: The rows of `significance_rows`: significance.csv's first seven columns.
 SIGNIFICANCE_COLUMNS = ("split", "head", "combo", "patient_auc", "p_value", "p_best_corrected",
@@ -261,7 +261,7 @@ def radiomics_significance(work_dir: str | Path, profile: Profile | str = "auto"
     and labels (`store`: anything with the slice `index`); `n_permutations` defaults to the
     profile's ``radiomics.lr_permutations``.
     """
-    from ..training import open_slices
+    from stsnb.training.stage import open_slices
 
     profile = resolve_profile(profile)
     source = store if store is not None else open_slices(work_dir, profile)
@@ -284,14 +284,14 @@ def radiomics_significance(work_dir: str | Path, profile: Profile | str = "auto"
 def control_significance(cohort_dir: str | Path, work_dir: str | Path,
                          profile: Profile | str = "auto", seed: int = 0,
                          store: Any = None, n_permutations: int | None = None) -> pd.DataFrame:
-    """The ``lr`` models' permutation test on the suite's controls (`stsnb.controls`): the
+    """The ``lr`` models' permutation test on the suite's controls (`stsnb.results.controls`): the
     positive control's labels (top third by necrosis fraction, which texture and intensity in
     T2w and CE-T1w should find) and the negative control's random labels (which must stay at
     chance), on chapter 04's patients; rows of `significance_rows` with a ``kind`` column.
     Written to ``work_dir/controls/radiomics.csv``."""
-    from ..controls import CONTROLS_DIR, KINDS, control_labels
-    from ..store import write_csv_atomic
-    from ..training import open_slices
+    from stsnb.core.store import write_csv_atomic
+    from stsnb.results.controls import CONTROLS_DIR, KINDS, control_labels
+    from stsnb.training.stage import open_slices
 
     profile = resolve_profile(profile)
     source = store if store is not None else open_slices(work_dir, profile)

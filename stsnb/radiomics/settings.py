@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import RadiomicsConfig
-from ..modalities import DISPLAY_NAMES
+from stsnb.config import RadiomicsConfig
+from stsnb.core.modalities import DISPLAY_NAMES
 
 #: MIRP's feature families (its tags): shape, first-order statistics, GLCM, GLRLM, GLSZM.
 SHAPE = "morphology"

@@ -29,12 +29,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..cohort_config import read_cohort_config
-from ..config import Profile, resolve_profile
-from ..errors import StsnbError
-from ..manifest import update_manifest
-from ..registration.review import final_patients
-from ..store import (
+from stsnb.config import Profile, resolve_profile
+from stsnb.core.errors import StsnbError
+from stsnb.core.manifest import update_manifest
+from stsnb.core.store import (
     Record,
     Stage,
     ensure_writable_dir,
@@ -42,12 +40,19 @@ from ..store import (
     hash_file,
     write_csv_atomic,
 )
-from ..workers import worker_count
-from .environment import WORKER, library_versions, radiomics_python
-from .errors import RadiomicsError
-from .inputs import RadiomicsInputs, check_inputs, radiomics_inputs
-from .settings import image_settings, left_out_features, mirp_arguments, settings_table
-from .worker import COLUMNS, DONE, START
+from stsnb.core.workers import worker_count
+from stsnb.curation.cohort_config import read_cohort_config
+from stsnb.radiomics.environment import WORKER, library_versions, radiomics_python
+from stsnb.radiomics.errors import RadiomicsError
+from stsnb.radiomics.inputs import RadiomicsInputs, check_inputs, radiomics_inputs
+from stsnb.radiomics.settings import (
+    image_settings,
+    left_out_features,
+    mirp_arguments,
+    settings_table,
+)
+from stsnb.radiomics.worker import COLUMNS, DONE, START
+from stsnb.registration.review import final_patients
 
 STAGE = "radiomics"
 #: Bumped whenever the stage changes what it computes or writes (invalidates every record).

@@ -9,12 +9,12 @@ multi-resolution, Euler 3-D), ``deformable`` (B-spline refinement in the tumour 
 (what the figures show).
 """
 
-from .errors import RegistrationError
-from .qa import QA_COLUMNS, QAThresholds, flagged_first, qa_summary, read_qa
-from .review import decide_patients, final_patients, read_review
-from .settings import registration_settings
-from .stage import RegistrationRun, run_registration
-from .views import load_views, registered_volumes, sample_patients
+from stsnb.registration.errors import RegistrationError
+from stsnb.registration.qa import QA_COLUMNS, QAThresholds, flagged_first, qa_summary, read_qa
+from stsnb.registration.review import decide_patients, final_patients, read_review
+from stsnb.registration.settings import registration_settings
+from stsnb.registration.stage import RegistrationRun, run_registration
+from stsnb.registration.views import load_views, registered_volumes, sample_patients
 
 __all__ = [
     "QA_COLUMNS",

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..config import RegistrationConfig
-from .errors import RegistrationError
-from .geometry import (
+from stsnb.config import RegistrationConfig
+from stsnb.registration.errors import RegistrationError
+from stsnb.registration.geometry import (
     box_corners_mm,
     corners_mm,
     coverage_on_grid,
@@ -33,8 +33,8 @@ from .geometry import (
     mask_box,
     near_mask,
 )
-from .history import MetricRecorder, sampling_seed
-from .rigid import as_float, working_image
+from stsnb.registration.history import MetricRecorder, sampling_seed
+from stsnb.registration.rigid import as_float, working_image
 
 #: The deformable metric samples only CT points mapping at least this far inside the MR FOV (mm).
 FOV_INSET_MM = 10.0

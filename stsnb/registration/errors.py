@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LocatedError
+from stsnb.core.errors import LocatedError
 
 
 class RegistrationError(LocatedError):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cohort import GTV_FILE, image_path
-from ..cohort_config import CohortConfig
-from ..errors import CohortError
+from stsnb.core.errors import CohortError
+from stsnb.curation.cohort import GTV_FILE, image_path
+from stsnb.curation.cohort_config import CohortConfig
 
 #: Synthetic ground truth (QA only): the GTV on the reference MR grid, and landmark pairs.
 TRUTH_CONTOUR = Path("truth") / "gtv_mr.nii.gz"

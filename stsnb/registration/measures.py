@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from .errors import RegistrationError
-from .history import sampling_seed
+from stsnb.registration.errors import RegistrationError
+from stsnb.registration.history import sampling_seed
 
 LANDMARK_COLUMNS = ("name", "ct_x", "ct_y", "ct_z", "mr_x", "mr_y", "mr_z")
 
@@ -165,7 +165,7 @@ def bone_check(ct: sitk.Image, image: sitk.Image, gtv: sitk.Image,
     ``bone_prefers_scanner`` (True unless a shift lowers the ratio by more than BONE_GAIN;
     NaN with fewer than BONE_MIN_VOXELS cortex voxels).
     """
-    from .geometry import box_corners_mm, crop, index_box, mask_box
+    from stsnb.registration.geometry import box_corners_mm, crop, index_box, mask_box
 
     box = mask_box(gtv)
     unknown = {"bone_ratio_scanner": float("nan"), "bone_ratio_best_shift": float("nan"),

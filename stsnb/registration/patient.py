@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..config import RegistrationConfig
-from ..imageio import read_image
-from ..modalities import MR_MODALITIES
-from .deformable import (
+from stsnb.config import RegistrationConfig
+from stsnb.core.imageio import read_image
+from stsnb.core.modalities import MR_MODALITIES
+from stsnb.registration.deformable import (
     DeformableResult,
     DeformationSummary,
     compose,
@@ -24,10 +24,10 @@ from .deformable import (
     register_deformable,
     summarize_deformation,
 )
-from .errors import RegistrationError
-from .geometry import coverage_on_grid, crop, mask_box, touches_edge
-from .inputs import PatientInputs
-from .measures import (
+from stsnb.registration.errors import RegistrationError
+from stsnb.registration.geometry import coverage_on_grid, crop, mask_box, touches_edge
+from stsnb.registration.inputs import PatientInputs
+from stsnb.registration.measures import (
     bone_check,
     dice,
     landmark_errors,
@@ -36,7 +36,7 @@ from .measures import (
     read_landmarks,
     tumour_shift_mm,
 )
-from .rigid import (
+from stsnb.registration.rigid import (
     RigidResult,
     check_not_constant,
     refine_sequence,

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ..cohort_config import CohortConfig
+from stsnb.curation.cohort_config import CohortConfig
 
 #: The columns every reader relies on (DESIGN.md section 4), in this order.
 QA_COLUMNS = ("patient_id", "dice_rigid", "dice_deformable", "tre_rigid_mm", "tre_deformable_mm",

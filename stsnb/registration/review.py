@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import StsnbError
-from ..store import write_csv_atomic
-from .errors import RegistrationError
-from .qa import read_qa
+from stsnb.core.errors import StsnbError
+from stsnb.core.store import write_csv_atomic
+from stsnb.registration.errors import RegistrationError
+from stsnb.registration.qa import read_qa
 
 REVIEW_FILE = "review.csv"
 REVIEW_TEMPLATE = "review_template.csv"

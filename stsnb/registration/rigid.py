@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..config import RegistrationConfig
-from .errors import RegistrationError
-from .geometry import centre_mm, corners_mm, crop, index_box, near_mask
-from .history import HISTORY_COLUMNS, MetricRecorder, sampling_seed
+from stsnb.config import RegistrationConfig
+from stsnb.registration.errors import RegistrationError
+from stsnb.registration.geometry import centre_mm, corners_mm, crop, index_box, near_mask
+from stsnb.registration.history import HISTORY_COLUMNS, MetricRecorder, sampling_seed
 
 #: Margin (mm) around the MR FOV, mapped into the CT, kept when cropping the fixed image.
 FIXED_CROP_MARGIN_MM = 25.0

@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..cohort_config import COHORT_TOML, CohortConfig
-from ..config import Profile, RegistrationConfig
-from ..errors import CohortError
+from stsnb.config import Profile, RegistrationConfig
+from stsnb.core.errors import CohortError
+from stsnb.curation.cohort_config import COHORT_TOML, CohortConfig
 
 INITIALIZATIONS = ("auto", "scanner", "geometry")
 #: Smallest margin around the tumour z-extent: the preprocessing slab is the extent +- 10 mm.

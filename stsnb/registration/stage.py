@@ -24,13 +24,11 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from ..cohort_config import CohortConfig, read_cohort_config
-from ..config import Profile, RegistrationConfig
-from ..curation import curated_checksum, read_cohort_table
-from ..diskspace import check_registration_space
-from ..errors import StsnbError
-from ..manifest import update_manifest
-from ..store import (
+from stsnb.config import Profile, RegistrationConfig
+from stsnb.core.diskspace import check_registration_space
+from stsnb.core.errors import StsnbError
+from stsnb.core.manifest import update_manifest
+from stsnb.core.store import (
     Record,
     Stage,
     atomic_path,
@@ -41,12 +39,14 @@ from ..store import (
     write_csv_atomic,
     write_json_atomic,
 )
-from ..workers import single_blas_thread, worker_count
-from .inputs import PatientInputs, patient_inputs
-from .patient import IMAGE_QA_COLUMNS, PatientRegistration, register_patient
-from .qa import QAThresholds, qa_table, read_qa
-from .review import registration_dir, write_review_template
-from .settings import registration_settings
+from stsnb.core.workers import single_blas_thread, worker_count
+from stsnb.curation.cohort_config import CohortConfig, read_cohort_config
+from stsnb.curation.stage import curated_checksum, read_cohort_table
+from stsnb.registration.inputs import PatientInputs, patient_inputs
+from stsnb.registration.patient import IMAGE_QA_COLUMNS, PatientRegistration, register_patient
+from stsnb.registration.qa import QAThresholds, qa_table, read_qa
+from stsnb.registration.review import registration_dir, write_review_template
+from stsnb.registration.settings import registration_settings
 
 STAGE = "registration"
 #: Bumped whenever the algorithm changes what it writes (invalidates every record).

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..cohort_config import read_cohort_config
-from ..errors import StsnbError
-from ..imageio import read_image
-from ..modalities import MR_MODALITIES
-from ..store import read_json
-from .geometry import box_corners_mm, crop, index_box, mask_box
-from .inputs import patient_inputs
-from .stage import patient_dir
+from stsnb.core.errors import StsnbError
+from stsnb.core.imageio import read_image
+from stsnb.core.modalities import MR_MODALITIES
+from stsnb.core.store import read_json
+from stsnb.curation.cohort_config import read_cohort_config
+from stsnb.registration.geometry import box_corners_mm, crop, index_box, mask_box
+from stsnb.registration.inputs import patient_inputs
+from stsnb.registration.stage import patient_dir
 
 
 @dataclass(frozen=True)

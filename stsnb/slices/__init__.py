@@ -5,16 +5,16 @@ normalized 2D slices; `SliceStore` reads them back as any three-channel combinat
 `run_preprocessing` is the chapter's stage runner over the registration stage's outputs.
 """
 
-from .build import (
+from stsnb.slices.build import (
     NORMALIZATIONS,
     PatientSource,
     PatientVolumes,
     build_slice_store,
     process_patient,
 )
-from .geometry import AxialFrame, Placement, placement, sample_slices, tumour_slab
-from .slice_store import BuildReport, SliceStore, store_dir
-from .stage import preprocessing_patients, run_preprocessing
+from stsnb.slices.geometry import AxialFrame, Placement, placement, sample_slices, tumour_slab
+from stsnb.slices.slice_store import BuildReport, SliceStore, store_dir
+from stsnb.slices.stage import preprocessing_patients, run_preprocessing
 
 __all__ = [
     "NORMALIZATIONS",

@@ -23,15 +23,15 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from ..config import PreprocessingConfig, Profile, resolve_profile
-from ..errors import CohortError, ConfigError, StsnbError
-from ..imageio import (
+from stsnb.config import PreprocessingConfig, Profile, resolve_profile
+from stsnb.core.errors import CohortError, ConfigError, StsnbError
+from stsnb.core.imageio import (
     DIRECTION_TOLERANCE,
     ORIGIN_TOLERANCE_VOXELS,
     SPACING_RELATIVE_TOLERANCE,
 )
-from ..manifest import software_key
-from ..store import (
+from stsnb.core.manifest import software_key
+from stsnb.core.store import (
     Record,
     Stage,
     atomic_path,
@@ -41,8 +41,15 @@ from ..store import (
     write_csv_atomic,
     write_json_atomic,
 )
-from .geometry import AxialFrame, Placement, place_and_resize, placement, sample_slices, tumour_slab
-from .slice_store import (
+from stsnb.slices.geometry import (
+    AxialFrame,
+    Placement,
+    place_and_resize,
+    placement,
+    sample_slices,
+    tumour_slab,
+)
+from stsnb.slices.slice_store import (
     INDEX_COLUMNS,
     INDEX_FILE,
     INTENSITIES_FILE,

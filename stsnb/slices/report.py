@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..combinations import combinations_for
-from ..errors import ConfigError
-from .slice_store import SliceStore
+from stsnb.core.combinations import combinations_for
+from stsnb.core.errors import ConfigError
+from stsnb.slices.slice_store import SliceStore
 
 #: The study's total of 2D slices (image-processing slide).
 STUDY_SLICES = 2395

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..combinations import Combination
-from ..errors import ConfigError, StsnbError
+from stsnb.core.combinations import Combination
+from stsnb.core.errors import ConfigError, StsnbError
 
 STORE_DIR = "slices"
 SHARD_DIR = "shards"

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cohort import GTV_FILE, image_path
-from ..cohort_config import read_cohort_config
-from ..combinations import write_combinations
-from ..config import Profile, resolve_profile
-from ..curation import curated_checksum, read_cohort_table
-from ..errors import CohortError, StsnbError
-from ..imageio import read_image
-from ..manifest import update_manifest
-from ..store import ensure_writable_dir, hash_file
-from .build import STAGE, PatientSource, PatientVolumes, build_slice_store
-from .slice_store import SliceStore
+from stsnb.config import Profile, resolve_profile
+from stsnb.core.combinations import write_combinations
+from stsnb.core.errors import CohortError, StsnbError
+from stsnb.core.imageio import read_image
+from stsnb.core.manifest import update_manifest
+from stsnb.core.store import ensure_writable_dir, hash_file
+from stsnb.curation.cohort import GTV_FILE, image_path
+from stsnb.curation.cohort_config import read_cohort_config
+from stsnb.curation.stage import curated_checksum, read_cohort_table
+from stsnb.slices.build import STAGE, PatientSource, PatientVolumes, build_slice_store
+from stsnb.slices.slice_store import SliceStore
 
 
 def registered_image_path(work_dir: str | Path, patient_id: str, modality: str) -> Path:
@@ -63,7 +63,7 @@ def patient_source(cohort_dir: str | Path, work_dir: str | Path, patient_id: str
 
 def preprocessing_patients(work_dir: str | Path) -> list[tuple[str, int]]:
     """(patient_id, label) of the included patients that chapter 02 kept, in its order."""
-    from ..registration.review import final_patients
+    from stsnb.registration.review import final_patients
 
     cohort = read_cohort_table(work_dir)
     labels = cohort.loc[cohort["included"]].set_index("patient_id")["label"]

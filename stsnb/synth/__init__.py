@@ -6,7 +6,7 @@ renders that plan into the cohort layout (DESIGN.md section 4), any set of those
 parallel worker processes. See book/synthetic_cohort.md.
 """
 
-from .plan import plan_cohort
-from .writer import make_synthetic_cohort
+from stsnb.synth.plan import plan_cohort
+from stsnb.synth.writer import make_synthetic_cohort
 
 __all__ = ["make_synthetic_cohort", "plan_cohort"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import Limb, Tumour
+from stsnb.synth.spec import Limb, Tumour
 
 AIR, SKIN, FAT, MUSCLE, SEPTUM, FASCIA = 0, 1, 2, 3, 4, 5
 CORTEX, MARROW, ARTERY, VEIN = 6, 7, 8, 9

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from . import anatomy as A
-from .anatomy import TissueMaps
-from .spec import PatientPlan
+from stsnb.synth import anatomy as A
+from stsnb.synth.anatomy import TissueMaps
+from stsnb.synth.spec import PatientPlan
 
 #: Mean HU per tissue label (before per-patient jitter).
 HU: dict[int, float] = {

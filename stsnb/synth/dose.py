@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from . import anatomy as A
-from .spec import PatientPlan
+from stsnb.synth import anatomy as A
+from stsnb.synth.spec import PatientPlan
 
 
 def render_dose(plan: PatientPlan) -> np.ndarray:

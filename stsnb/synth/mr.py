@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..modalities import MR_MODALITIES
-from . import anatomy as A
-from .anatomy import TissueMaps
-from .spec import PatientPlan
+from stsnb.core.modalities import MR_MODALITIES
+from stsnb.synth import anatomy as A
+from stsnb.synth.anatomy import TissueMaps
+from stsnb.synth.spec import PatientPlan
 
 #: Relative signal per tissue label (fat on T1w = 1) for T1w, T2w (no fat suppression), CE-T1w
 #: (fat-suppressed, after gadolinium).

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from . import anatomy as A
-from .geometry import Grid
-from .spec import PatientPlan
+from stsnb.synth import anatomy as A
+from stsnb.synth.geometry import Grid
+from stsnb.synth.spec import PatientPlan
 
 #: Sub-voxels per PET voxel along each axis when evaluating the activity.
 OVERSAMPLE = 2

@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError
-from ..modalities import MR_MODALITIES, STUDY_MODALITIES
-from . import anatomy
-from .clinical import draw_clinical, draw_followup
-from .fields import PlaneWaves, SphereWaves, fibonacci_sphere
-from .geometry import CtToMr, Deformation, Grid, Rigid, rotation
-from .outcome import draw_outcome
-from .spec import Bone, DosePlan, Limb, MrSession, PatientPlan, PetPlan, Tumour
+from stsnb.core.errors import ConfigError
+from stsnb.core.modalities import MR_MODALITIES, STUDY_MODALITIES
+from stsnb.synth import anatomy
+from stsnb.synth.clinical import draw_clinical, draw_followup
+from stsnb.synth.fields import PlaneWaves, SphereWaves, fibonacci_sphere
+from stsnb.synth.geometry import CtToMr, Deformation, Grid, Rigid, rotation
+from stsnb.synth.outcome import draw_outcome
+from stsnb.synth.spec import Bone, DosePlan, Limb, MrSession, PatientPlan, PetPlan, Tumour
 
 #: Incomplete patients in the study's screening: 11 of 72.
 INCOMPLETE_PER_72 = 11

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ..modalities import MR_MODALITIES, STUDY_MODALITIES
-from . import anatomy
-from .ct import render_ct
-from .dose import render_dose
-from .mr import render_mr
-from .pet import render_pet
-from .plan import patient_rng
-from .spec import PatientPlan
+from stsnb.core.modalities import MR_MODALITIES, STUDY_MODALITIES
+from stsnb.synth import anatomy
+from stsnb.synth.ct import render_ct
+from stsnb.synth.dose import render_dose
+from stsnb.synth.mr import render_mr
+from stsnb.synth.pet import render_pet
+from stsnb.synth.plan import patient_rng
+from stsnb.synth.spec import PatientPlan
 
 #: Displacement field values are rounded to multiples of this (mm): exact in float32, compact.
 DISPLACEMENT_QUANTUM_MM = 1.0 / 256

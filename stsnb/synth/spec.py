@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fields import PlaneWaves, SphereWaves
-from .geometry import CtToMr, Grid, Rigid
+from stsnb.synth.fields import PlaneWaves, SphereWaves
+from stsnb.synth.geometry import CtToMr, Grid, Rigid
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,14 +16,14 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from ..errors import ConfigError
-from ..modalities import KNOWN_MODALITIES, MR_MODALITIES, STUDY_MODALITIES
-from ..workers import single_blas_thread, worker_count
-from . import anatomy
-from .outcome import FACTORS, INTERCEPT, NOISE_SD
-from .plan import CT_FRAME_KINDS, check_mr_frame, plan_patients
-from .render import landmark_table, render_patient
-from .spec import PatientPlan
+from stsnb.core.errors import ConfigError
+from stsnb.core.modalities import KNOWN_MODALITIES, MR_MODALITIES, STUDY_MODALITIES
+from stsnb.core.workers import single_blas_thread, worker_count
+from stsnb.synth import anatomy
+from stsnb.synth.outcome import FACTORS, INTERCEPT, NOISE_SD
+from stsnb.synth.plan import CT_FRAME_KINDS, check_mr_frame, plan_patients
+from stsnb.synth.render import landmark_table, render_patient
+from stsnb.synth.spec import PatientPlan
 
 #: Columns of clinical.csv, in order.
 CLINICAL_COLUMNS = ("patient_id", "distant_metastasis", "followup_months",

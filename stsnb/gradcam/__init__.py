@@ -1,0 +1,2 @@
+"""Chapter 06: Grad-CAM maps of the fold models on test slices and their share inside the
+tumour (maps)."""
