@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stsnb.config import QUICK  # noqa: E402
 from stsnb.core.combinations import resolve_combo  # noqa: E402
 from stsnb.results.controls import control_labels  # noqa: E402
+from stsnb.training.cv import cross_validate, head_training
 from stsnb.training.features import cached_features, resolve_device, resolve_precision  # noqa: E402
 from stsnb.training.folds import make_folds, patient_table  # noqa: E402
 from stsnb.training.model import build_model  # noqa: E402
-from stsnb.training.stage import cross_validate, head_training, open_slices  # noqa: E402
+from stsnb.training.stage import open_slices
 
 
 def cpu_name() -> str:

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stsnb.config import PAPER  # noqa: E402
 from stsnb.core.combinations import resolve_combo  # noqa: E402
 from stsnb.core.modalities import STUDY_MODALITIES  # noqa: E402
+from stsnb.training.cv import cross_validate
 from stsnb.training.features import (  # noqa: E402
     ArraySlices,
     compute_features,
@@ -51,7 +52,7 @@ from stsnb.training.features import (  # noqa: E402
 )
 from stsnb.training.folds import make_folds  # noqa: E402
 from stsnb.training.model import build_model, prepare_backbone  # noqa: E402
-from stsnb.training.stage import cross_validate, train_combination  # noqa: E402
+from stsnb.training.stage import train_combination
 
 
 def cpu_seconds() -> float:

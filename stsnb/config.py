@@ -82,7 +82,7 @@ class TrainingConfig:
     # quick profile); "none" = the plain cross-entropy.
     class_weighting: str = "balanced"
     # the FC head's learning rate on rescaled features (weights other than the study's, whose
-    # features are divided by their RMS: `training.feature_scaling`), measured with
+    # features are divided by their RMS: `stsnb.training.cv.feature_scaling`), measured with
     # benchmarks/bench_fc_steps.py; None = learning_rate. The study's weights use learning_rate.
     rescaled_learning_rate: float | None = 0.001
     control_combos: tuple[int, ...] | str | None = None  # None = controls for every

@@ -84,6 +84,6 @@ def weights_warning(work_dir: str) -> Any:
     from IPython.display import HTML
 
     from stsnb.core.manifest import read_manifest
-    from stsnb.training.stage import weights_banner
+    from stsnb.training.report import weights_banner
 
     return HTML(weights_banner(read_manifest(work_dir).get("weights")))

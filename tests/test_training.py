@@ -22,19 +22,14 @@ from stsnb.core.combinations import resolve_combo
 from stsnb.core.errors import ConfigError
 from stsnb.core.metrics import PREDICTION_COLUMNS
 from stsnb.core.modalities import STUDY_MODALITIES
+from stsnb.training import cv
 from stsnb.training import stage as training
+from stsnb.training.cv import cross_validate
 from stsnb.training.features import ArraySlices, cached_features, resolve_device, resolve_precision
 from stsnb.training.folds import Fold, LeakageError, assert_no_leakage, make_folds, permuted_labels
+from stsnb.training.loop import EarlyStopping, class_weights, constant_loss, fit_fold
 from stsnb.training.model import backbone_forward, build_model
-from stsnb.training.stage import (
-    EarlyStopping,
-    class_weights,
-    constant_loss,
-    cross_validate,
-    fit_fold,
-    fold_model,
-    train_combination,
-)
+from stsnb.training.stage import fold_model, train_combination
 
 CPU = torch.device("cpu")
 
@@ -310,16 +305,16 @@ def test_rms_tables_come_from_one_product_and_match_the_primal_head(bundle, slic
     values = torch.from_numpy(frozen_features(bundle, slices, combination.channels)).double()
     plan = make_folds(slices.index, "patient", 2, seed=0, validation_fraction=0.25)
     products = []
-    original = training.DualTables.__init__
-    monkeypatch.setattr(training.DualTables, "__init__",
+    original = cv.DualTables.__init__
+    monkeypatch.setattr(cv.DualTables, "__init__",
                         lambda self, *a: products.append(1) or original(self, *a))
-    tables = training.FoldTables(values, bundle, "rms")
+    tables = cv.FoldTables(values, bundle, "rms")
     first_weight = bundle.initial_head["0.weight"].double()
     factors = []
     for fold in plan.folds:
         fold_tables, scaling = tables(fold)
         factors.append(scaling.factor)
-        direct = object.__new__(training.DualTables)  # the products of the scaled features
+        direct = object.__new__(cv.DualTables)  # the products of the scaled features
         original(direct, scaling.apply(values), first_weight)
         np.testing.assert_allclose(fold_tables.base, direct.base, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(fold_tables.gram, direct.gram, rtol=1e-12)

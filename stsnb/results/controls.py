@@ -121,7 +121,8 @@ def run_controls(cohort_dir: str | Path, work_dir: str | Path, profile: Profile 
                  seed: int = 0, store: SliceSource | None = None,
                  fc_negative_draws: int | None = None) -> ControlResults:
     """Run both controls (reused where stored) and write ``work_dir/controls/*.csv``."""
-    from stsnb.training.stage import FoldHeads, open_slices
+    from stsnb.training.cv import FoldHeads
+    from stsnb.training.stage import open_slices
 
     profile = resolve_profile(profile)
     source = store if store is not None else open_slices(work_dir, profile)

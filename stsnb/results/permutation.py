@@ -139,7 +139,7 @@ def fc_permutation_aucs(source: SliceSource, work_dir: str | Path, profile: Prof
     them; only the head retrains, on the combination's cached features. Stored per combination
     under ``work_dir/significance/fc_combo<NN>.csv`` and extended, never recomputed.
     """
-    from stsnb.training.stage import permutation_run_aucs
+    from stsnb.training.cv import permutation_run_aucs
 
     path = Path(work_dir) / SIGNIFICANCE_DIR / f"fc_combo{int(combo):02d}.csv"
     table = patient_table(source.index)
