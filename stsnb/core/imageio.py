@@ -14,8 +14,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -115,53 +115,32 @@ def _unreadable(path: Path, patient_id: str | None, what: str, cause: BaseExcept
     )
 
 
-class _NiftiLayout(NamedTuple):
-    endian: str
-    vox_offset: int
-    n_voxels: int
-    bitpix: int
-    datatype: int
-
-    @property
-    def expected_bytes(self) -> int:
-        """Header, extensions and voxels: the size of a complete single-file NIfTI."""
-        return self.vox_offset + self.n_voxels * self.bitpix // 8
+#: NIfTI files (by name); other formats are left to SimpleITK.
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-#: NIfTI datatype codes of floating-point voxels -> numpy scalar (complex as pairs of floats).
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
-_CHUNK_BYTES = 1 << 23
-
-
-def _nifti_layout(head: bytes) -> _NiftiLayout | None:
-    """Layout from the first bytes of a NIfTI-1/2 file; None when it is not NIfTI."""
-    if len(head) < 4:
+def _nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image | None:
+    """The NIfTI-1 or NIfTI-2 image (header read, voxels not) of `path`; None for another
+    format or a header nibabel cannot read (SimpleITK's reader then says what the file is).
+    nibabel reads the header, its byte order and version."""
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
         return None
-    for endian in "<>":
-        (sizeof_hdr,) = struct.unpack(endian + "i", head[:4])
-        if sizeof_hdr == 348 and len(head) >= 348:
-            dims = struct.unpack(endian + "8h", head[40:56])
-            datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-            (vox_offset,) = struct.unpack(endian + "f", head[108:112])
-            break
-        if sizeof_hdr == 540 and len(head) >= 540:
-            datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
-            dims = struct.unpack(endian + "8q", head[16:80])
-            (vox_offset,) = struct.unpack(endian + "q", head[168:176])
-            break
-    else:
+    try:
+        return nib.load(path)
+    except nib.filebasedimages.ImageFileError:
         return None
-    ndim = dims[0]
-    if not 1 <= ndim <= 7 or bitpix <= 0 or not math.isfinite(vox_offset):
-        return None
-    n_voxels = math.prod(max(int(d), 1) for d in dims[1 : ndim + 1])
-    return _NiftiLayout(endian, max(int(vox_offset), sizeof_hdr), n_voxels, bitpix, datatype)
 
 
-def _open(path: Path) -> BinaryIO:
+def _is_gzip(path: Path) -> bool:
     with path.open("rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gzipped else path.open("rb")
+        return raw.read(2) == b"\x1f\x8b"
+
+
+def _voxel_bytes(image: nib.Nifti1Image | nib.Nifti2Image) -> tuple[int, int]:
+    """(header and extensions, voxel data) sizes in bytes of a single-file NIfTI."""
+    header = image.header
+    n_voxels = math.prod(int(n) for n in image.shape)
+    return int(image.dataobj.offset), n_voxels * header.get_data_dtype().itemsize
 
 
 def _truncated(path: Path, patient_id: str | None, what: str, detail: str) -> CohortError:
@@ -173,7 +152,18 @@ def _truncated(path: Path, patient_id: str | None, what: str, detail: str) -> Co
     )
 
 
-_STREAM_ERRORS = (OSError, EOFError, zlib.error, struct.error)
+_STREAM_ERRORS = (OSError, EOFError, zlib.error, struct.error, ValueError,
+                  nib.filebasedimages.ImageFileError)
+_CHUNK_BYTES = 1 << 23
+
+
+def _gzip_size(path: Path) -> int:
+    """Bytes of a .gz file once decompressed, counted by decompressing it."""
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK_BYTES):
+            total += len(chunk)
+    return total
 
 
 def check_complete(path: str | Path, patient_id: str | None = None, what: str = "") -> None:
@@ -185,24 +175,24 @@ def check_complete(path: str | Path, patient_id: str | None = None, what: str = 
     """
     path = Path(path)
     try:
-        with _open(path) as f:
-            layout = _nifti_layout(f.read(544))
-            gzipped = isinstance(f, gzip.GzipFile)
-        if layout is None:
+        image = _nifti(path)
+        gzipped = _is_gzip(path)
+        if image is None:
+            if gzipped and path.name.lower().endswith(NIFTI_SUFFIXES):
+                _gzip_size(path)  # a stream cut off inside the header raises here
             return
-        expected = layout.expected_bytes
-        if not gzipped:
-            total = path.stat().st_size
-        else:
+        offset, data = _voxel_bytes(image)
+        expected = offset + data
+        if gzipped:
             with path.open("rb") as raw:
                 raw.seek(-4, 2)
                 (isize,) = struct.unpack("<I", raw.read(4))
-            if isize == expected % 2**32:
-                return
-            total = 0
-            with gzip.open(path, "rb") as f:
-                while chunk := f.read(_CHUNK_BYTES):
-                    total += len(chunk)
+        if not gzipped:
+            total = path.stat().st_size
+        elif isize == expected % 2**32:
+            return
+        else:
+            total = _gzip_size(path)
     except _STREAM_ERRORS as exc:
         raise _truncated(path, patient_id, what, str(exc) or type(exc).__name__) from exc
     if total < expected:
@@ -212,34 +202,19 @@ def check_complete(path: str | Path, patient_id: str | None = None, what: str = 
 
 
 def _count_non_finite_nifti(path: Path, patient_id: str | None, what: str) -> tuple[int, int, int]:
-    """(NaN, inf, voxel values) counted in a NIfTI file's raw float data; (0, 0, 0) when its
+    """(NaN, inf, voxel values) counted in a NIfTI file's stored float data; (0, 0, 0) when its
     voxels are stored as integers (which cannot be NaN)."""
     try:
-        with _open(path) as f:
-            layout = _nifti_layout(f.read(544))
-            if layout is None or layout.datatype not in _NIFTI_FLOAT_TYPES:
-                return 0, 0, 0
-            dtype = np.dtype(layout.endian + _NIFTI_FLOAT_TYPES[layout.datatype])
-            f.seek(layout.vox_offset)
-            remaining = layout.n_voxels * layout.bitpix // 8
-            step = _CHUNK_BYTES - _CHUNK_BYTES % dtype.itemsize
-            n_nan = n_inf = 0
-            while remaining > 0:
-                chunk = f.read(min(step, remaining))
-                if len(chunk) < min(step, remaining):
-                    raise _truncated(
-                        path,
-                        patient_id,
-                        what,
-                        f"the voxel data ends {remaining - len(chunk)} bytes short",
-                    )
-                values = np.frombuffer(chunk, dtype=dtype)
-                n_nan += int(np.count_nonzero(np.isnan(values)))
-                n_inf += int(np.count_nonzero(np.isinf(values)))
-                remaining -= len(chunk)
+        image = _nifti(path)
+        if image is None or image.header.get_data_dtype().kind not in "fc":
+            return 0, 0, 0
+        values = np.asanyarray(image.dataobj.get_unscaled())
+        if values.dtype.kind == "c":
+            values = values.view(values.real.dtype)
+        return (int(np.count_nonzero(np.isnan(values))),
+                int(np.count_nonzero(np.isinf(values))), int(values.size))
     except _STREAM_ERRORS as exc:
         raise _truncated(path, patient_id, what, str(exc) or type(exc).__name__) from exc
-    return n_nan, n_inf, layout.n_voxels * layout.bitpix // (8 * dtype.itemsize)
 
 
 def read_header(path: str | Path, patient_id: str | None = None, what: str = "") -> ImageHeader:
@@ -308,17 +283,13 @@ def check_finite_file(path: str | Path, patient_id: str | None = None, what: str
     """
     path = Path(path)
     _require_file(path, patient_id, what)
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        try:
-            with _open(path) as f:
-                is_nifti = _nifti_layout(f.read(544)) is not None
-        except _STREAM_ERRORS as exc:
-            raise _unreadable(path, patient_id, what, exc) from exc
-        if is_nifti:
-            _raise_non_finite(
-                path, patient_id, what, *_count_non_finite_nifti(path, patient_id, what)
-            )
-            return
+    try:
+        is_nifti = _nifti(path) is not None
+    except _STREAM_ERRORS as exc:
+        raise _unreadable(path, patient_id, what, exc) from exc
+    if is_nifti:
+        _raise_non_finite(path, patient_id, what, *_count_non_finite_nifti(path, patient_id, what))
+        return
     check_finite(read_image(path, patient_id, what), path, patient_id, what)
 
 

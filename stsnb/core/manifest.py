@@ -42,7 +42,7 @@ TRACKED_PACKAGES = (
 
 def code_version() -> str:
     """`git describe` of the checkout when there is one, else the package version."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],

@@ -25,7 +25,7 @@ from stsnb.notebook import PATH_PARAMETERS
 #: Where the notebooks, ``_config.yml``, ``_toc.yml`` and ``book/`` are read from when the
 #: package is installed outside its checkout.
 SOURCE_ENV = "STSNB_SOURCE"
-REPO_ROOT = Path(os.environ.get(SOURCE_ENV) or Path(__file__).resolve().parent.parent)
+REPO_ROOT = Path(os.environ.get(SOURCE_ENV) or Path(__file__).resolve().parents[2])
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 #: The chapters in book order; 04_training runs once per combination and split (stsnb.run.batch).
 CHAPTERS: tuple[str, ...] = (
