@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from stsnb.core.errors import StsnbError
-from stsnb.reporting import failures
+from stsnb.reporting import facts, failures
 from stsnb.reporting import page as reporting
 
 
@@ -21,25 +21,25 @@ from stsnb.reporting import page as reporting
     ("AUC, ROC and patient-level results", "auc-roc-and-patient-level-results"),
 ])
 def test_section_id_is_docutils_make_id(heading, expected):
-    assert reporting.section_id(heading) == expected
+    assert facts.section_id(heading) == expected
 
 
 def test_links_are_relative_to_the_reporting_page():
-    assert reporting.AUC.href() == "05_cv_results.html#auc-roc-and-patient-level-results"
-    assert reporting.MANIFEST.href() == "../intro.html#how-to-read-this-book"
-    assert reporting.SYNTHETIC.href() == "../synthetic_cohort.html#the-synthetic-cohort"
+    assert facts.AUC.href() == "05_cv_results.html#auc-roc-and-patient-level-results"
+    assert facts.MANIFEST.href() == "../intro.html#how-to-read-this-book"
+    assert facts.SYNTHETIC.href() == "../synthetic_cohort.html#the-synthetic-cohort"
 
 
 def test_items_are_unique_and_cover_what_a_reviewer_asks():
     keys = [(i.checklist, i.number) for i in reporting.ITEMS]
     assert len(keys) == len(set(keys))
-    claim = {i.number for i in reporting.ITEMS if i.checklist == reporting.CLAIM}
-    tripod = {i.number for i in reporting.ITEMS if i.checklist == reporting.TRIPOD}
+    claim = {i.number for i in reporting.ITEMS if i.checklist == facts.CLAIM}
+    tripod = {i.number for i in reporting.ITEMS if i.checklist == facts.TRIPOD}
     # partitions and their level, metrics, uncertainty, explainability, failure analysis
     assert {"19", "20", "28", "29", "31", "39", "43"} <= claim
     # partitioning, model building, measures, events per analysis, performance with CIs, code
     assert {"12a", "12c", "12e", "21", "23a", "18f"} <= tripod
-    assert set(reporting.CITATIONS) == {reporting.CLAIM, reporting.TRIPOD}
+    assert set(facts.CITATIONS) == {facts.CLAIM, facts.TRIPOD}
 
 
 def _predictions() -> pd.DataFrame:
