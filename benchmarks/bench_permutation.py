@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stsnb.core.metrics import roc_auc  # noqa: E402
 from stsnb.results.significance import p_values, permutation_null  # noqa: E402
 from stsnb.training.folds import permutation_draw  # noqa: E402
-from stsnb.training.linear import DEFAULT_CS, nested_cv_probs, patient_folds  # noqa: E402
+from stsnb.training.logistic import DEFAULT_CS, nested_cv_probs, patient_folds
 
 
 def cpu_seconds() -> float:

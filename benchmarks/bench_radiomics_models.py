@@ -27,7 +27,7 @@ from stsnb.radiomics import models
 from stsnb.radiomics.permutation import radiomics_significance
 from stsnb.radiomics.stage import read_features
 from stsnb.training.folds import permutation_draw
-from stsnb.training.linear import patient_folds
+from stsnb.training.logistic import patient_folds
 from stsnb.training.stage import open_slices
 
 

@@ -15,6 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from stsnb.core.errors import ConfigError
+from stsnb.core.metrics import roc_auc
 from stsnb.results.significance import (
     PermutationResult,
     cv_auc,
@@ -23,16 +24,8 @@ from stsnb.results.significance import (
     permutation_null,
 )
 from stsnb.training.folds import make_folds
-from stsnb.training.linear import (
-    DEFAULT_CS,
-    fit_predict_logistic,
-    mask_fractions,
-    nested_cv_probs,
-    patient_folds,
-    patient_matrix,
-    pool_features,
-    roc_auc,
-)
+from stsnb.training.linear import mask_fractions, patient_matrix, pool_features
+from stsnb.training.logistic import DEFAULT_CS, fit_predict_logistic, nested_cv_probs, patient_folds
 
 
 def reference_probs(x_train, y_train, x_test, cs, class_weight=None) -> np.ndarray:

@@ -23,7 +23,7 @@ from stsnb.radiomics import models
 from stsnb.radiomics import permutation as radiomics_permutation
 from stsnb.results import stats as results
 from stsnb.training.folds import make_folds, permutation_draw
-from stsnb.training.linear import patient_folds as redrawn_folds
+from stsnb.training.logistic import patient_folds as redrawn_folds
 
 N_PATIENTS, N_POSITIVE, SLICES = 36, 12, 2
 PROFILE = replace(SMOKE, training=replace(SMOKE.training, folds=4),

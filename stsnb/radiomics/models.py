@@ -62,7 +62,7 @@ from stsnb.core.store import (
 )
 from stsnb.radiomics.stage import SEPARATOR, read_features
 from stsnb.training.folds import FoldPlan, assert_no_leakage, check_split, make_folds
-from stsnb.training.linear import one_blas_thread
+from stsnb.training.logistic import one_blas_thread
 
 STAGE = "radiomics_models"
 #: Bumped when the meaning of a run's outputs changes (part of its key).

@@ -4,16 +4,16 @@ patient labels, every feature set at once.
 The semantics of sklearn's `permutation_test_score` with the folds redrawn: permutation k
 permutes the patients' labels (`stsnb.training.folds.permutation_draw`, the linear head's
 permutations), the outer folds are drawn again under them by the networks' splitter
-(`stsnb.training.linear.patient_folds`: chapter 04's patient split), and in every outer training set
-the imputation, scaling, selection of k features, the inner choice of k and C and the final fit are
-all made again. The same permuted labels and folds serve every feature set, so the largest AUC
+(`stsnb.training.logistic.patient_folds`: chapter 04's patient split), and in every outer training
+set the imputation, scaling, selection of k features, the inner choice of k and C and the final fit
+are all made again. The same permuted labels and folds serve every feature set, so the largest AUC
 over the sets in each permutation gives the null of the best set (max-statistic correction for
 the choice among sets).
 
 `nested_cv_batch` is the ``lr`` pipeline of `stsnb.radiomics.models` computed fast: the same
 sklearn imputer, scaler and F-test on the same rows, the same choice of the k best columns and the
 same grid order and tie rule, with the logistic regressions of every set, split and C solved at
-once by the linear head's batched Newton solver (`stsnb.training.linear.fit_predict_batch`); its
+once by the linear head's batched Newton solver (`stsnb.training.logistic.fit_predict_batch`); its
 probabilities agree with the Pipeline's to solver precision (tests/test_radiomics_models.py).
 """
 
@@ -42,7 +42,7 @@ from stsnb.radiomics.models import (
 )
 from stsnb.radiomics.stage import read_features
 from stsnb.results.significance import PermutationResult, p_values, permuted_runs
-from stsnb.training.linear import fit_predict_batch, patient_folds
+from stsnb.training.logistic import fit_predict_batch, patient_folds
 
 #: The rows of `significance_rows`: significance.csv's first seven columns.
 SIGNIFICANCE_COLUMNS = ("split", "head", "combo", "patient_auc", "p_value", "p_best_corrected",

@@ -22,7 +22,7 @@ import pandas as pd
 from stsnb.core.errors import ConfigError
 from stsnb.core.metrics import roc_auc
 from stsnb.training.folds import permutation_draw
-from stsnb.training.linear import DEFAULT_CS, nested_cv_batch, patient_folds
+from stsnb.training.logistic import DEFAULT_CS, nested_cv_batch, patient_folds
 
 #: Mixed into each permutation's seed, with the seed and the permutation number.
 #: An AUC of the null within this of the observed one counts as reaching it.

@@ -44,13 +44,8 @@ from stsnb.training.features import (
     resolve_precision,
 )
 from stsnb.training.folds import FoldPlan, check_split, make_folds
-from stsnb.training.linear import (
-    DEFAULT_CS,
-    POOLINGS,
-    nested_cv_probs,
-    patient_matrix,
-    pool_features,
-)
+from stsnb.training.linear import POOLINGS, patient_matrix, pool_features
+from stsnb.training.logistic import DEFAULT_CS, nested_cv_probs
 from stsnb.training.stage import TrainingRun
 
 STAGE = "linear"
