@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from cohort_fixtures import IDENTIFYING_COLUMNS, identifying_values
 
-from stsnb.book import CHAPTERS, REPO_ROOT
 from stsnb.config import SMOKE
 from stsnb.curation.stage import read_cohort_table, run_curation
+from stsnb.run.pages import CHAPTERS, REPO_ROOT
 
 pytestmark = pytest.mark.smoke
 

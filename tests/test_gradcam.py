@@ -15,7 +15,8 @@ from stsnb.gradcam.maps import (
     ring_mask,
     select_slices,
 )
-from stsnb.training.model import LAST_CONV, build_model
+from stsnb.training.model import build_model
+from stsnb.training.weights import LAST_CONV
 
 
 @pytest.fixture(scope="module")

@@ -17,17 +17,16 @@ from torchvision.models import vgg19
 
 from stsnb.core.errors import ConfigError
 from stsnb.core.store import hash_file
-from stsnb.training import model as model_module
+from stsnb.training import weights as weights_module
 from stsnb.training.model import (
-    HED_SOURCE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     WeightsError,
     build_model,
-    describe_weights,
     input_transform,
 )
 from stsnb.training.pretrained import CaffeInput, hed_weights_path, read_hed_vgg16
+from stsnb.training.weights import HED_SOURCE, describe_weights
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +97,7 @@ def test_imagenet_loads_from_torch_home_with_torch_hub(saved_weights, torch_home
     torch_home.mkdir(parents=True)
     shutil.copy(path, torch_home / path.name)
     # Our file stands for torchvision's: same URL scheme, its own hash in the name.
-    monkeypatch.setitem(model_module.IMAGENET_URLS, "vgg19",
+    monkeypatch.setitem(weights_module.IMAGENET_URLS, "vgg19",
                         f"https://download.pytorch.org/models/{path.name}")
     bundle = build_model("imagenet", seed=0)
     assert bundle.weights.source == "imagenet" and bundle.weights.pretrained

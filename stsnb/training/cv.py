@@ -37,13 +37,8 @@ from stsnb.training.head import (
     PrimalHead,
 )
 from stsnb.training.loop import FoldOutcome, fit_fold
-from stsnb.training.model import (
-    ModelBundle,
-    WeightsInfo,
-    backbone_forward,
-    build_model,
-    prepare_backbone,
-)
+from stsnb.training.model import ModelBundle, backbone_forward, build_model, prepare_backbone
+from stsnb.training.weights import WeightsInfo
 
 HEAD_FORMS = ("dual", "primal", "naive")
 

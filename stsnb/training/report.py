@@ -12,10 +12,8 @@ import numpy as np
 import pandas as pd
 
 from stsnb.training.loop import constant_loss
-from stsnb.training.model import (
-    imagenet_url,
-)
 from stsnb.training.stage import TrainingRun
+from stsnb.training.weights import imagenet_url
 
 
 def weights_warning(weights: dict[str, Any]) -> str | None:

@@ -54,13 +54,8 @@ from stsnb.training.head import (
     dense_classifier_state,
 )
 from stsnb.training.loop import HISTORY_COLUMNS, FoldOutcome, check_training_config, fit_fold
-from stsnb.training.model import (
-    ModelBundle,
-    WeightsInfo,
-    build_model,
-    describe_weights,
-    prepare_backbone,
-)
+from stsnb.training.model import ModelBundle, build_model, prepare_backbone
+from stsnb.training.weights import WeightsInfo, describe_weights
 
 STAGE = "training"
 
