@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from stsnb.book import CHAPTERS
 from stsnb.core.combinations import combinations_for, resolve_combo
-from stsnb.results.stats import combination_names, combination_summary, study_comparison
+from stsnb.results.tables import combination_names, combination_summary, study_comparison
 
 pytestmark = pytest.mark.smoke
 

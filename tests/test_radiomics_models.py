@@ -21,7 +21,7 @@ from stsnb.core.runs import discover_runs, parse_radiomics_run_name
 from stsnb.core.store import write_csv_atomic
 from stsnb.radiomics import models
 from stsnb.radiomics import permutation as radiomics_permutation
-from stsnb.results import stats as results
+from stsnb.results import tables as results
 from stsnb.training.folds import make_folds, permutation_draw
 from stsnb.training.logistic import patient_folds as redrawn_folds
 

@@ -10,7 +10,6 @@ from stsnb.core.errors import StsnbError
 from stsnb.core.metrics import binary_metrics, patient_predictions
 from stsnb.core.runs import load_predictions
 from stsnb.results.stats import (
-    STUDY_TABLE,
     baseline_predictions,
     bootstrap_ci,
     calibration,
@@ -18,8 +17,8 @@ from stsnb.results.stats import (
     mean_std,
     paired_auc_difference,
     patient_metrics_ci,
-    study_comparison,
 )
+from stsnb.results.tables import STUDY_TABLE, study_comparison
 
 
 def _predictions(n_patients: int = 40, slices: int = 5, signal: float = 2.0, seed: int = 0):
@@ -134,7 +133,7 @@ def test_load_predictions_validates(tmp_path):
 
 
 def test_auc_order_best_first_ties_by_number_nan_last():
-    from stsnb.results.stats import auc_order
+    from stsnb.results.tables import auc_order
 
     assert auc_order({3: 0.6, 1: 0.7, 2: 0.6, 4: float("nan"), 5: 0.4}) == [1, 2, 3, 5, 4]
 

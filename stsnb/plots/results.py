@@ -9,7 +9,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from stsnb.results.stats import STUDY_TABLE, roc_points
+from stsnb.results.stats import roc_points
+from stsnb.results.tables import STUDY_TABLE
 
 
 def accuracy_by_set_figure(summary: pd.DataFrame) -> Figure:

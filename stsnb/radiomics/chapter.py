@@ -25,7 +25,8 @@ from stsnb.radiomics.models import ALL
 from stsnb.radiomics.stage import radiomics_dir
 from stsnb.results.calibration import patient_calibration
 from stsnb.results.delong import paired_delong
-from stsnb.results.stats import auc_order, patient_aucs, patient_metrics_ci, split_predictions
+from stsnb.results.stats import patient_metrics_ci
+from stsnb.results.tables import auc_order, patient_aucs, split_predictions
 
 SIGNIFICANCE_FILE = "significance.csv"
 AUC_COLUMNS = ("model", "kind", "features", "patient_auc", "ci_low", "ci_high", "n_patients")

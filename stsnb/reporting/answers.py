@@ -11,10 +11,8 @@ from stsnb.core.runs import run_dir
 from stsnb.gradcam.maps import GRADCAM_DIR, SHARES_FILE, gtv_share_test
 from stsnb.reporting.facts import RunFacts
 from stsnb.reporting.failures import FAILURES_FILE
-from stsnb.results.stats import (
-    patient_metrics_ci,
-    split_predictions,
-)
+from stsnb.results.stats import patient_metrics_ci
+from stsnb.results.tables import split_predictions
 
 
 def _events(table: pd.DataFrame) -> str:

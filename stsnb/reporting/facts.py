@@ -14,12 +14,7 @@ from stsnb.config import Profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import read_manifest
 from stsnb.curation.stage import read_cohort_table
-from stsnb.results.stats import (
-    auc_order,
-    combination_names,
-    patient_aucs,
-    split_predictions,
-)
+from stsnb.results.tables import auc_order, combination_names, patient_aucs, split_predictions
 
 TRIPOD = "TRIPOD+AI"
 

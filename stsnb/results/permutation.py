@@ -34,7 +34,7 @@ from stsnb.core.store import (
     write_json_atomic,
 )
 from stsnb.results.significance import PermutationResult, p_values, permutation_null
-from stsnb.results.stats import auc_order, patient_aucs, split_predictions
+from stsnb.results.tables import auc_order, patient_aucs, split_predictions
 from stsnb.training.features import SliceSource
 from stsnb.training.folds import patient_table
 from stsnb.training.linear import patient_matrix

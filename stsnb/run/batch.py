@@ -28,7 +28,7 @@ from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.runs import RUN_RECORD, SPLITS, run_dir
 from stsnb.core.store import ensure_writable_dir
 from stsnb.plots.training import combination_label
-from stsnb.results.stats import auc_order, patient_aucs, split_predictions
+from stsnb.results.tables import auc_order, patient_aucs, split_predictions
 from stsnb.run.jobs import (
     ExecutorChoice,
     PageJob,
