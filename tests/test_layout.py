@@ -90,3 +90,17 @@ def test_layers_point_one_way():
 
 def test_no_development_tool_in_the_package():
     assert not (PACKAGE / "nbcheck.py").exists() and not (PACKAGE / "bookcheck.py").exists()
+
+
+def test_the_examples_in_docstrings_run():
+    import doctest
+    import importlib
+
+    with_examples = sorted(p for p in PACKAGE.rglob("*.py") if ">>>" in p.read_text())
+    assert with_examples, "no docstring example found"
+    for path in with_examples:
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        module = importlib.import_module(".".join(parts))
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, f"{path.name}: {result.failed} failing example(s)"
+        assert result.attempted > 0, path.name

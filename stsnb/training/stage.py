@@ -144,10 +144,45 @@ def _fold_done(out: Path, fold: Fold, key_hash: str, with_head: bool) -> dict[st
     return Record(files[-1]).current(key_hash, members=_members_hash(fold))
 
 
-def _write_fold(out: Path, outcome: FoldOutcome, fold: Fold, source: SliceSource,
-                plan: FoldPlan, key_hash: str, head_form: str, features: Features | None,
-                with_head: bool, pretrained: bool,
+@dataclass(frozen=True)
+class RunJob:
+    """What one combination's run needs once its key is known (`train_combination` makes it).
+
+    Args:
+        out: the run folder, ``work_dir/runs/<split>/combo<NN>/``.
+        key, key_hash: the run key (store, channels, split, seed, settings, weights, precision).
+        combination, split, plan: what is cross-validated, and the folds (slice positions).
+        source: the slice store (index order of `features`).
+        features: the combination's cached frozen features (n_slices, 25088).
+        bundle: the network (its classifier is the head that trains).
+        request: how the weights and the backbone were asked for (``weights``, ``backbone``).
+        device, precision: where and how the features were computed (recorded).
+        with_head: keep each fold's trained head (``head.pt``, about 70 MB).
+        work_dir: where timings are recorded.
+    """
+
+    out: Path
+    key: dict[str, Any]
+    key_hash: str
+    combination: Combination
+    split: str
+    plan: FoldPlan
+    source: SliceSource
+    features: Features
+    bundle: ModelBundle
+    request: dict[str, str]
+    device: torch.device
+    precision: str
+    with_head: bool
+    work_dir: Path
+
+
+def _write_fold(job: RunJob, outcome: FoldOutcome, fold: Fold,
                 scaling: InputScaling | None = None) -> dict[str, Any]:
+    """Write one fold's predictions, history, head (when kept) and, last, its record."""
+    out, source, plan, key_hash = job.out, job.source, job.plan, job.key_hash
+    features, with_head, head_form = job.features, job.with_head, "dual"
+    pretrained = job.bundle.weights.pretrained
     files = _fold_files(out, fold.number, with_head)
     files[-1].unlink(missing_ok=True)  # no record vouches for files being rewritten
     test = source.index.iloc[fold.test]
@@ -235,19 +270,19 @@ def train_combination(source: SliceSource, work_dir: str | Path, profile: Profil
                                precision, progress=progress)
     if features.computed_patients:
         record_timing(work_dir, f"features {name}", features.total_seconds)
-    records, extra_seconds = _train_folds(out, plan, features, bundle, config, seed, source,
-                                          torch_device, key_hash, with_head, progress,
-                                          f"{name} {split}")
-    return _finish_run(out, key, key_hash, combination, split, records, plan, source, features,
-                       bundle, weights, torch_device, precision, with_head, extra_seconds,
-                       work_dir, backbone)
+    job = RunJob(out, key, key_hash, combination, split, plan, source, features, bundle,
+                 {"weights": str(weights), "backbone": str(backbone)}, torch_device, precision,
+                 with_head, Path(work_dir))
+    records, extra_seconds = _train_folds(job, config, seed, progress)
+    return _finish_run(job, records, extra_seconds)
 
 
-def _train_folds(out: Path, plan: FoldPlan, features: Features, bundle: ModelBundle,
-                 config: TrainingConfig, seed: int, source: SliceSource, device: torch.device,
-                 key_hash: str, with_head: bool, progress: bool,
-                 label: str) -> tuple[list[dict[str, Any]], float]:
+def _train_folds(job: RunJob, config: TrainingConfig, seed: int,
+                 progress: bool) -> tuple[list[dict[str, Any]], float]:
     """Each fold's record, training those not done yet; plus seconds spent on the tables."""
+    out, plan, features, bundle = job.out, job.plan, job.features, job.bundle
+    device, key_hash, with_head = job.device, job.key_hash, job.with_head
+    label = f"combo{job.combination.number:02d} {job.split}"
     records: list[dict[str, Any] | None] = [_fold_done(out, f, key_hash, with_head)
                                             for f in plan.folds]
     todo = [f for f, r in zip(plan.folds, records, strict=True) if r is None]
@@ -268,19 +303,17 @@ def _train_folds(out: Path, plan: FoldPlan, features: Features, bundle: ModelBun
             head = make_head("dual", bundle, fold, tables=tables)
             outcome = fit_fold(head, labels, fold, config, seed, progress)
             del tables
-            records[i] = _write_fold(out, outcome, fold, source, plan, key_hash, "dual",
-                                     features, with_head, bundle.weights.pretrained, scaling)
+            records[i] = _write_fold(job, outcome, fold, scaling)
     bar.close()
     return [r for r in records if r is not None], table_seconds
 
 
-def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Combination,
-                split: str, records: list[dict[str, Any]], plan: FoldPlan,
-                source: SliceSource, features: Features, bundle: ModelBundle,
-                weights: str | Path, device: torch.device, precision: str, with_head: bool,
-                extra_seconds: float, work_dir: str | Path,
-                backbone: str = "auto") -> TrainingRun:
-    """Gather the folds into the run's tables, write them and the run record."""
+def _finish_run(job: RunJob, records: list[dict[str, Any]],
+                extra_seconds: float) -> TrainingRun:
+    """Gather the folds into the run's tables, write them and the run record (`extra_seconds`:
+    head time outside the folds, e.g. the dual tables)."""
+    out, plan, features, bundle = job.out, job.plan, job.features, job.bundle
+    combination, split, with_head = job.combination, job.split, job.with_head
     for stale in (out / "folds").glob("fold*"):
         if stale.is_dir() and int(stale.name[4:] or 0) > len(plan.folds):
             for path in stale.iterdir():
@@ -299,18 +332,18 @@ def _finish_run(out: Path, key: dict[str, Any], key_hash: str, combination: Comb
         write_csv_atomic(table, out / filename)
     head_seconds = round(float(metrics["seconds"].sum()) + extra_seconds, 3)
     run_record.finish(
-        key_hash, list(outputs), key=key,
+        job.key_hash, list(outputs), key=job.key,
         combination={"number": combination.number, "name": combination.name,
                      "channels": list(combination.channels)},
         split=split, labels="permuted among patients (seeded)" if split == "random"
         else "as recorded", grouped_by_patient=split in GROUPED_SPLITS,
-        weights=bundle.weights.manifest(), weights_request=str(weights),
-        backbone_request=str(backbone), backbone=bundle.weights.backbone,
-        device=str(device), precision=precision, head_form="dual",
+        weights=bundle.weights.manifest(), weights_request=job.request["weights"],
+        backbone_request=job.request["backbone"], backbone=bundle.weights.backbone,
+        device=str(job.device), precision=job.precision, head_form="dual",
         features_key_hash=features.key_hash, features_dir=features.dir.name,
         feature_seconds=round(features.total_seconds, 3), head_seconds=head_seconds,
         heads_saved=with_head, n_folds=len(plan.folds))
-    record_timing(work_dir, f"training {split} combo{combination.number:02d}", head_seconds)
+    record_timing(job.work_dir, f"training {split} combo{combination.number:02d}", head_seconds)
     return read_run(out, combination, split, reused=False)
 
 
