@@ -74,7 +74,7 @@ run: env
 ## EXECUTOR=processes JOBS=2 runs two pages at once; EXECUTOR=slurm SLURM_CONFIG=slurm.toml
 ## submits them to SLURM (see the README).
 train: env
-	$(PY) -m stsnb.run.batch --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
+	$(PY) -m stsnb train --cohort-dir $(COHORT_DIR) --work-dir $(WORK_DIR) \
 	    --profile $(PROFILE) --seed $(SEED) --device $(DEVICE) --weights $(WEIGHTS) \
 	    --backbone $(BACKBONE) $(EXECUTOR_ARGS) $(if $(COMBOS),--combos $(COMBOS),)
 

@@ -16,7 +16,6 @@ import SimpleITK as sitk
 from cohort_fixtures import image_from_array
 from pydicom.data import get_testdata_file
 
-from stsnb.__main__ import main
 from stsnb.config import resolve_profile
 from stsnb.core.errors import CohortError, LocatedError
 from stsnb.curation.cohort_config import read_cohort_config
@@ -28,6 +27,7 @@ from stsnb.dicom.rtdose import read_rtdose
 from stsnb.dicom.rtstruct import choose_roi, rasterise_contours
 from stsnb.dicom.scan import read_dataset
 from stsnb.dicom.series import pet_suv_factor
+from stsnb.run.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "tcia-sts-sample"

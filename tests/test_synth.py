@@ -609,7 +609,7 @@ def test_explicit_own_mr_frame_is_the_recorded_default_cohort(tmp_path: Path):
 
 
 def test_synth_stamp_tells_the_mr_frames_apart(tmp_path: Path, capsys: pytest.CaptureFixture):
-    from stsnb.__main__ import SYNTH_STAMP, main
+    from stsnb.run.cli import SYNTH_STAMP, main
 
     with pytest.raises(SystemExit):
         main(["synth", "--help"])

@@ -16,13 +16,11 @@ in processes of this machine (`processes`) or as SLURM jobs (`slurm`, through su
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stsnb.config import PROFILES, Profile, resolve_profile
+from stsnb.config import Profile, resolve_profile
 from stsnb.core.combinations import Combination, combinations_for, resolve_combo
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.runs import RUN_RECORD, SPLITS, run_dir
@@ -32,9 +30,7 @@ from stsnb.results.tables import auc_order, patient_aucs, split_predictions
 from stsnb.run.jobs import (
     ExecutorChoice,
     PageJob,
-    add_executor_arguments,
     execute_jobs,
-    executor_choice,
     merge_leftover_records,
 )
 from stsnb.run.pages import book_root, generated_dir, notebook_errors, prepare_book_root
@@ -223,35 +219,3 @@ SPLIT_TITLES = {"patient": "patient split", "slice": "slice split (the study's)"
 def page_title(combination: Combination, split: str) -> str:
     """The executed page's title, e.g. '04 Training: 9 Dose-T2w-CE-T1w, patient split'."""
     return f"04 Training: {combination_label(combination)}, {SPLIT_TITLES[split]}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line of the batch (what `make train` calls)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cohort-dir", default="data/synthetic")
-    parser.add_argument("--work-dir", default="work")
-    parser.add_argument("--profile", default="auto", choices=PROFILES)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--combos", nargs="*", default=None,
-                        help="numbers or names (default: all three-image combinations)")
-    parser.add_argument("--splits", nargs="*", default=None, choices=SPLITS,
-                        help="default: patient for all, controls per the profile")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--weights", default="auto")
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--backbone", default="auto", help="auto | vgg19 | vgg16")
-    add_executor_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run_training_batch(args.cohort_dir, args.work_dir, args.profile, args.seed,
-                           args.combos or None, args.splits or None, args.device,
-                           args.weights, args.precision, args.backbone,
-                           executor=executor_choice(args), dry_run=args.dry_run)
-    except StsnbError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
