@@ -77,13 +77,14 @@ def _lab_extension_installed(name: str) -> bool:
 
 
 def _unreachable(url: str, timeout_s: float) -> str | None:
-    """None when `url` answers (HTTP status below 400) within `timeout_s`, else why not."""
+    """None when `url` answers (HTTP status below 400) within `timeout_s`, else why not; through
+    the proxy the environment names now (urlopen's shared opener keeps the first one seen)."""
     import http.client
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s):
+        with urllib.request.build_opener().open(url, timeout=timeout_s):
             return None
     except urllib.error.HTTPError as error:
         return f"HTTP {error.code}"
@@ -137,7 +138,8 @@ def to_viewer_image(image: sitk.Image) -> Any:
 
 
 def itk_viewer(fixed: sitk.Image, moving: sitk.Image, contour: sitk.Image,
-               interactive: bool = True, frontend_timeout_s: float | None = None) -> Any | None:
+               interactive: bool = True,
+               frontend_timeout_s: float | None = FRONTEND_TIMEOUT_S) -> Any | None:
     """An itkwidgets viewer comparing `fixed` (CT) and `moving` (registered MR, same grid) with
     `contour` as a label map; None (with a printed reason) when off or not in a live session.
 

@@ -472,6 +472,7 @@ def test_live_session_viewer_hands_fixed_moving_contour_to_itkwidgets(cohort, ru
     monkeypatch.delenv(viewers.PAPERMILL_ENV, raising=False)
     kernel = SimpleNamespace(get_parent=lambda channel=None: {"content": {"allow_stdin": True}})
     monkeypatch.setattr(IPython, "get_ipython", lambda: SimpleNamespace(kernel=kernel))
+    monkeypatch.setattr(viewers, "itk_frontend", lambda timeout_s: (True, ""))  # it would load
     volumes = registered_volumes(cohort, run.work_dir, "PH01")
     assert viewers.live_frontend() == (True, "")
     assert viewers.itk_viewer(volumes["fixed"], volumes["moving"], volumes["contour"]) == "viewer"
