@@ -92,7 +92,7 @@ lint: env
 	$(VENV)/bin/ruff check stsnb tests notebooks benchmarks
 
 check-notebooks: env
-	$(PY) -m stsnb.nbcheck notebooks
+	$(PY) tests/tools/nbcheck.py notebooks
 
 ## The test suite: lint, notebook hygiene, then pytest.
 test: env browser lint check-notebooks

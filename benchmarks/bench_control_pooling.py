@@ -25,8 +25,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.config import resolve_profile  # noqa: E402
 from stsnb.core.combinations import resolve_combo  # noqa: E402
+from stsnb.core.config import resolve_profile  # noqa: E402
 from stsnb.core.runs import RUN_RECORD, run_dir
 from stsnb.results.controls import KINDS, SHOWING, control_labels  # noqa: E402
 from stsnb.results.significance import p_values, permutation_null  # noqa: E402

@@ -30,8 +30,8 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.config import QUICK  # noqa: E402
 from stsnb.core.combinations import resolve_combo  # noqa: E402
+from stsnb.core.config import QUICK  # noqa: E402
 from stsnb.results.controls import control_labels  # noqa: E402
 from stsnb.training.cv import cross_validate, head_training
 from stsnb.training.features import cached_features, resolve_device, resolve_precision  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stsnb.config import resolve_profile
+from stsnb.core.config import resolve_profile
 from stsnb.core.metrics import roc_auc
 from stsnb.radiomics import models
 from stsnb.radiomics.permutation import radiomics_significance

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from stsnb.config import resolve_profile
+from stsnb.core.config import resolve_profile
 from stsnb.curation.cohort import image_path
 from stsnb.curation.cohort_config import read_cohort_config
 from stsnb.registration.inputs import patient_inputs

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from stsnb.config import resolve_profile
+from stsnb.core.config import resolve_profile
 from stsnb.curation.cohort_config import read_cohort_config
 from stsnb.curation.stage import read_cohort_table, run_curation
 from stsnb.slices import PatientSource, PatientVolumes, build_slice_store, store_dir

@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stsnb.config import PAPER  # noqa: E402
 from stsnb.core.combinations import resolve_combo  # noqa: E402
+from stsnb.core.config import PAPER  # noqa: E402
 from stsnb.core.modalities import STUDY_MODALITIES  # noqa: E402
 from stsnb.training.cv import cross_validate
 from stsnb.training.features import (  # noqa: E402

@@ -53,7 +53,7 @@ def install_kill(target: str, match: str, call: int, mode: str) -> None:
 
 def profile_with(changes: dict[str, dict[str, Any]]):
     """The smoke profile with some fields of its sections changed."""
-    from stsnb.config import SMOKE
+    from stsnb.core.config import SMOKE
 
     sections = {s: replace(getattr(SMOKE, s), **v) for s, v in changes.items()}
     return replace(SMOKE, **sections)

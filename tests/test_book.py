@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from cohort_fixtures import IDENTIFYING_COLUMNS, identifying_values
 
-from stsnb.config import SMOKE
+from stsnb.core.config import SMOKE
 from stsnb.curation.stage import read_cohort_table, run_curation
 from stsnb.run.pages import CHAPTERS, REPO_ROOT
 
@@ -159,7 +159,7 @@ def test_curation_is_reused_and_redone_only_when_inputs_change(smoke_book):
 
 
 def test_book_opens_in_chromium_with_every_image(smoke_book):
-    from stsnb.bookcheck import check_book
+    from tools.bookcheck import check_book
 
     artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
     shot = artifacts / "curation-page.png"

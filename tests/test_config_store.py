@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from stsnb.config import PAPER, QUICK, SMOKE, resolve_profile
+from stsnb.core.config import PAPER, QUICK, SMOKE, resolve_profile
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.store import (
     Stage,
@@ -33,9 +33,9 @@ def test_quick_keeps_the_network_input_and_smoke_is_small():
 
 def test_profile_resolution(monkeypatch):
     assert resolve_profile("PAPER") is PAPER
-    monkeypatch.setattr("stsnb.config.cuda_available", lambda: False)
+    monkeypatch.setattr("stsnb.core.config.cuda_available", lambda: False)
     assert resolve_profile("auto") is QUICK
-    monkeypatch.setattr("stsnb.config.cuda_available", lambda: True)
+    monkeypatch.setattr("stsnb.core.config.cuda_available", lambda: True)
     assert resolve_profile("auto") is PAPER
     with pytest.raises(ConfigError, match="Unknown profile 'fast'"):
         resolve_profile("fast")
@@ -94,8 +94,8 @@ def test_unwritable_work_dir_is_a_clear_error(tmp_path):
 
 
 def test_a_chapter_shows_the_settings_it_uses_and_the_first_page_all():
-    from stsnb.config import QUICK
-    from stsnb.notebook import profile_table
+    from stsnb.core.config import QUICK
+    from stsnb.run.notebook import profile_table
 
     everything = profile_table(QUICK)
     training = profile_table(QUICK, "training")

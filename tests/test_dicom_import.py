@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from cohort_fixtures import image_from_array
 from pydicom.data import get_testdata_file
 
-from stsnb.config import resolve_profile
+from stsnb.core.config import resolve_profile
 from stsnb.core.errors import CohortError, LocatedError
 from stsnb.curation.cohort_config import read_cohort_config
 from stsnb.curation.stage import run_curation
@@ -60,7 +60,7 @@ def test_real_sample_without_registration_runs_and_too_small_chapters_say_so(rea
                                                                               tmp_path):
     """Imported as the importer proposes (MR and PET in the CT's frame, nothing registered):
     chapters 01-03 run, the cross-validated chapters become pages that give the numbers."""
-    from stsnb.book import run_chapters
+    from stsnb.run.book import run_chapters
     from stsnb.training.folds import cross_validation_shortfall
 
     work = tmp_path / "work"

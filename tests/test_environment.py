@@ -9,8 +9,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import yaml
-
-from stsnb.nbcheck import notebook_problems
+from tools.nbcheck import notebook_problems
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +94,7 @@ def test_book_toc_lists_existing_pages():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "off"
     assert (ROOT / f"{toc['root']}.md").exists()
-    from stsnb.book import CHAPTERS
+    from stsnb.run.book import CHAPTERS
 
     listed = []
     for part in toc["parts"]:

@@ -24,9 +24,9 @@ import pytest
 import SimpleITK as sitk
 from cohort_fixtures import DEFAULT_ROWS, make_cohort, truncate, write_image, write_patient
 
-from stsnb.config import resolve_profile
 from stsnb.core import store
 from stsnb.core.combinations import resolve_combo
+from stsnb.core.config import resolve_profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.store import ensure_writable_dir
 from stsnb.curation.cohort import curate_cohort
@@ -213,7 +213,7 @@ def _disk_full_features(tmp):
 
 
 def _disk_full_registration(tmp):
-    from stsnb.config import SMOKE
+    from stsnb.core.config import SMOKE
     from stsnb.curation.stage import run_curation
     from stsnb.registration import run_registration
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from test_training import synthetic_volumes
 
-from stsnb.config import SMOKE
+from stsnb.core.config import SMOKE
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.metrics import patient_predictions, roc_auc
 from stsnb.core.modalities import STUDY_MODALITIES

@@ -175,7 +175,7 @@ def test_slurm_settings_from_toml_and_command_line(tmp_path):
 def test_a_job_s_record_changes_only_what_the_job_computed(tmp_path, monkeypatch):
     """A job that started before another finished must not put back the older entries it saw:
     its manifest record holds only its own changes."""
-    from stsnb.config import SMOKE
+    from stsnb.core.config import SMOKE
     from stsnb.core.manifest import update_manifest
     from stsnb.core.store import JOB_DIR_ENV, record_timing, write_json_atomic
 
@@ -211,7 +211,7 @@ def test_a_job_s_record_changes_only_what_the_job_computed(tmp_path, monkeypatch
 def test_book_dry_run_lists_every_chapter_and_runs_nothing(tmp_path, capsys):
     """`stsnb run --dry-run` on a work dir where nothing has run: every chapter listed, chapter
     04's pages said to follow chapter 03, nothing written but the work dir itself."""
-    from stsnb.book import CHAPTERS
+    from stsnb.run.book import CHAPTERS
     from stsnb.run.cli import main
 
     work = tmp_path / "work"

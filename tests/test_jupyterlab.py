@@ -30,9 +30,9 @@ import nbformat
 import pytest
 import SimpleITK as sitk
 from conftest import SMOKE_SEED
+from tools.bookcheck import CHROMIUM_ARGS, chromium_path
 
-from stsnb import viewers
-from stsnb.bookcheck import CHROMIUM_ARGS, chromium_path
+from stsnb.run import viewers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = "02_registration_qa"

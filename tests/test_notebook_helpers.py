@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from stsnb.notebook import OPEN_ROWS, table_html
+from stsnb.run.notebook import OPEN_ROWS, table_html
 
 
 def test_tables_drop_an_index_that_carries_nothing_and_keep_one_that_does():

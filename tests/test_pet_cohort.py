@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from stsnb.book import CHAPTERS
 from stsnb.core.combinations import combinations_for, resolve_combo
 from stsnb.results.tables import combination_names, combination_summary, study_comparison
+from stsnb.run.book import CHAPTERS
 
 pytestmark = pytest.mark.smoke
 

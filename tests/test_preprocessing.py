@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from stsnb.config import SMOKE, PreprocessingConfig, Profile
 from stsnb.core.combinations import combinations_for
+from stsnb.core.config import SMOKE, PreprocessingConfig, Profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.modalities import STUDY_MODALITIES
 from stsnb.slices import (

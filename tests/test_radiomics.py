@@ -368,7 +368,7 @@ def test_worker_failure_shows_its_stderr_and_the_patient(computed, tmp_path):
 
 
 def test_quick_and_smoke_leave_out_spatial_autocorrelation_and_paper_keeps_it():
-    from stsnb.config import PAPER, QUICK, SMOKE
+    from stsnb.core.config import PAPER, QUICK, SMOKE
     from stsnb.radiomics.settings import SPATIAL_AUTOCORRELATION, left_out_features
 
     assert SPATIAL_AUTOCORRELATION == ("morph_moran_i", "morph_geary_c")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stsnb.book import CHAPTERS, CV_CHAPTERS, write_too_small_page
 from stsnb.core.metrics import rank_auc
 from stsnb.radiomics import chapter
 from stsnb.results.delong import paired_delong
+from stsnb.run.book import CHAPTERS, CV_CHAPTERS, write_too_small_page
 
 
 def predictions(prob: np.ndarray, label: np.ndarray, slices: int = 1) -> pd.DataFrame:

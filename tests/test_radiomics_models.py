@@ -14,7 +14,7 @@ from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.impute import SimpleImputer
 from sklearn.preprocessing import StandardScaler
 
-from stsnb.config import SMOKE
+from stsnb.core.config import SMOKE
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.metrics import PREDICTION_COLUMNS, roc_auc
 from stsnb.core.runs import discover_runs, parse_radiomics_run_name

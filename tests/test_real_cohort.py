@@ -28,7 +28,7 @@ from stsnb.appendix.real_cohort import (
     mask_agreement,
     placements,
 )
-from stsnb.config import QUICK, SMOKE
+from stsnb.core.config import QUICK, SMOKE
 from stsnb.core.errors import CohortError, StsnbError
 from stsnb.curation.cohort_config import CohortConfig, read_cohort_config
 from stsnb.curation.stage import run_curation

@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from stsnb.config import QUICK, SMOKE, Profile, RegistrationConfig
+from stsnb.core.config import QUICK, SMOKE, Profile, RegistrationConfig
 from stsnb.core.errors import CohortError
 from stsnb.curation.cohort_config import CohortConfig
 from stsnb.registration import (
@@ -465,7 +465,7 @@ def test_live_session_viewer_hands_fixed_moving_contour_to_itkwidgets(cohort, ru
 
     import IPython
 
-    from stsnb import viewers
+    from stsnb.run import viewers
 
     stand_in = _StandIn()
     monkeypatch.setitem(sys.modules, "itkwidgets", stand_in)
@@ -499,7 +499,7 @@ def test_no_itkwidgets_viewer_under_papermill(tmp_path: Path, monkeypatch) -> No
     import nbformat
     import papermill
 
-    from stsnb import viewers
+    from stsnb.run import viewers
 
     monkeypatch.delenv(viewers.PAPERMILL_ENV, raising=False)  # detected without the variable
     fake = tmp_path / "fake"
@@ -509,7 +509,7 @@ def test_no_itkwidgets_viewer_under_papermill(tmp_path: Path, monkeypatch) -> No
         f"def view(**kwargs):\n    open({str(marker)!r}, 'w').write('created')\n")
     monkeypatch.setenv("PYTHONPATH", f"{fake}:{Path(__file__).resolve().parent.parent}")
     source = tmp_path / "viewer.ipynb"
-    code = ("import SimpleITK as sitk\nfrom stsnb.viewers import itk_viewer, live_frontend\n"
+    code = ("import SimpleITK as sitk\nfrom stsnb.run.viewers import itk_viewer, live_frontend\n"
             "image = sitk.Image([4, 4, 4], sitk.sitkFloat32)\n"
             "print(live_frontend())\nviewer = itk_viewer(image, image, image, interactive=True)\n"
             "print('viewer is', viewer)")
@@ -529,7 +529,7 @@ def test_offline_slice_viewer_draws_every_mode(cohort: Path, run) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stsnb.viewers import slice_view, slice_viewer
+    from stsnb.run.viewers import slice_view, slice_viewer
 
     volumes = registered_volumes(cohort, run.work_dir, "PH01")
     widget = slice_viewer(volumes["fixed"], volumes["moving"], volumes["contour"])

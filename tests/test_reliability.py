@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stsnb.config import SMOKE
 from stsnb.core import manifest as manifest_module
 from stsnb.core import store
+from stsnb.core.config import SMOKE
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import MANIFEST, TRACKED_PACKAGES, read_manifest
 from stsnb.core.runs import RUN_RECORD
@@ -371,7 +371,7 @@ def test_a_failure_message_quotes_the_line_that_raised_not_the_cell_s_first(tmp_
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from stsnb.book import _cell_text
+    from stsnb.run.book import _cell_text
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("x = None\nif x is None:\n    y = 1 / 0\nz = 2")]

@@ -17,8 +17,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from stsnb.config import QUICK, SMOKE
 from stsnb.core.combinations import resolve_combo
+from stsnb.core.config import QUICK, SMOKE
 from stsnb.core.errors import ConfigError
 from stsnb.core.metrics import PREDICTION_COLUMNS
 from stsnb.core.modalities import STUDY_MODALITIES
@@ -504,7 +504,7 @@ def test_batch_executes_the_chapter_and_skips_finished_runs(tmp_path, monkeypatc
 
 
 def test_batch_jobs_follow_the_profile():
-    from stsnb.config import PAPER
+    from stsnb.core.config import PAPER
     from stsnb.run import batch
 
     jobs = batch.training_jobs(QUICK, STUDY_MODALITIES)

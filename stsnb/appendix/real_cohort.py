@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from stsnb.config import Profile
+from stsnb.core.config import Profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.store import write_text_atomic
 from stsnb.curation.cohort import image_path

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from stsnb import __version__
-from stsnb.config import Profile
+from stsnb.core.config import Profile
 from stsnb.core.store import (
     MANIFEST,
     STAGE_RECORD,

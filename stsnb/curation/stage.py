@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stsnb.config import Profile
+from stsnb.core.config import Profile
 from stsnb.core.manifest import update_manifest
 from stsnb.core.store import (
     STAGE_RECORD,

@@ -39,7 +39,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stsnb.config import Profile, RadiomicsConfig, resolve_profile
+from stsnb.core.config import Profile, RadiomicsConfig, resolve_profile
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.manifest import software_key
 from stsnb.core.metrics import PREDICTION_COLUMNS, STUDY_METRICS, binary_metrics, rank_auc

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stsnb.config import Profile, RadiomicsConfig, resolve_profile
+from stsnb.core.config import Profile, RadiomicsConfig, resolve_profile
 from stsnb.core.errors import ConfigError
 from stsnb.core.metrics import roc_auc
 from stsnb.core.runs import radiomics_head

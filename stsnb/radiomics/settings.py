@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from stsnb.config import RadiomicsConfig
+from stsnb.core.config import RadiomicsConfig
 from stsnb.core.modalities import DISPLAY_NAMES
 
 #: MIRP's feature families (its tags): shape, first-order statistics, GLCM, GLRLM, GLSZM.

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from stsnb.config import Profile, resolve_profile
+from stsnb.core.config import Profile, resolve_profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import update_manifest
 from stsnb.core.store import (

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from stsnb.config import RegistrationConfig
+from stsnb.core.config import RegistrationConfig
 from stsnb.registration.errors import RegistrationError
 from stsnb.registration.geometry import (
     box_corners_mm,

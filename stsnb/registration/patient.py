@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from stsnb.config import RegistrationConfig
+from stsnb.core.config import RegistrationConfig
 from stsnb.core.imageio import read_image
 from stsnb.core.modalities import MR_MODALITIES
 from stsnb.registration.deformable import (

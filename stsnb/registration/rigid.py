@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from stsnb.config import RegistrationConfig
+from stsnb.core.config import RegistrationConfig
 from stsnb.registration.errors import RegistrationError
 from stsnb.registration.geometry import centre_mm, corners_mm, crop, index_box, near_mask
 from stsnb.registration.history import HISTORY_COLUMNS, MetricRecorder, sampling_seed

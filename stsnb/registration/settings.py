@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from stsnb.config import Profile, RegistrationConfig
+from stsnb.core.config import Profile, RegistrationConfig
 from stsnb.core.errors import CohortError
 from stsnb.curation.cohort_config import COHORT_TOML, CohortConfig
 

@@ -24,7 +24,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from stsnb.config import Profile, RegistrationConfig
+from stsnb.core.config import Profile, RegistrationConfig
 from stsnb.core.diskspace import check_registration_space
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import update_manifest

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stsnb.config import Profile
+from stsnb.core.config import Profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import read_manifest
 from stsnb.curation.stage import read_cohort_table

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stsnb.config import Profile, resolve_profile
 from stsnb.core.combinations import resolve_combo
+from stsnb.core.config import Profile, resolve_profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.metrics import roc_auc
 from stsnb.core.store import record_timing, write_csv_atomic

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stsnb.config import Profile, resolve_profile
+from stsnb.core.config import Profile, resolve_profile
 from stsnb.core.errors import StsnbError
 from stsnb.core.runs import discover_runs
 from stsnb.core.store import (

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stsnb.config import Profile, resolve_profile
 from stsnb.core.combinations import Combination, combinations_for, resolve_combo
+from stsnb.core.config import Profile, resolve_profile
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.runs import RUN_RECORD, SPLITS, run_dir
 from stsnb.core.store import ensure_writable_dir

@@ -46,7 +46,7 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from stsnb.book import CHAPTERS, run_chapters
+    from stsnb.run.book import CHAPTERS, run_chapters
 
     chapters = tuple(args.chapters) if args.chapters else CHAPTERS
     combos = tuple(args.combos) if args.combos else None
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _book(args: argparse.Namespace) -> None:
-    from stsnb.book import build_book
+    from stsnb.run.book import build_book
 
     if not args.build_only:
         _run(args)
@@ -70,7 +70,7 @@ def _book(args: argparse.Namespace) -> None:
 
 
 def _curate(args: argparse.Namespace) -> None:
-    from stsnb.config import resolve_profile
+    from stsnb.core.config import resolve_profile
     from stsnb.curation.stage import run_curation
 
     result = run_curation(args.cohort_dir, args.work_dir, resolve_profile(args.profile),

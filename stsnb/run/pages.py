@@ -20,7 +20,7 @@ import nbformat
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import display_path
 from stsnb.core.store import atomic_path, record_timing
-from stsnb.notebook import PATH_PARAMETERS
+from stsnb.run.notebook import PATH_PARAMETERS
 
 #: Where the notebooks, ``_config.yml``, ``_toc.yml`` and ``book/`` are read from when the
 #: package is installed outside its checkout.

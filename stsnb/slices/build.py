@@ -23,7 +23,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from stsnb.config import PreprocessingConfig, Profile, resolve_profile
+from stsnb.core.config import PreprocessingConfig, Profile, resolve_profile
 from stsnb.core.errors import CohortError, ConfigError, StsnbError
 from stsnb.core.imageio import (
     DIRECTION_TOLERANCE,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stsnb.config import Profile, resolve_profile
 from stsnb.core.combinations import write_combinations
+from stsnb.core.config import Profile, resolve_profile
 from stsnb.core.errors import CohortError, StsnbError
 from stsnb.core.imageio import read_image
 from stsnb.core.manifest import update_manifest

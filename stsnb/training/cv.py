@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from stsnb.config import Profile, TrainingConfig
 from stsnb.core.combinations import Combination, resolve_combo
+from stsnb.core.config import Profile, TrainingConfig
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.runs import RUN_RECORD, run_dir
 from stsnb.core.store import (

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stsnb.config import Profile, TrainingConfig, resolve_profile
 from stsnb.core.combinations import Combination, resolve_combo
+from stsnb.core.config import Profile, TrainingConfig, resolve_profile
 from stsnb.core.errors import ConfigError
 from stsnb.core.manifest import software_key
 from stsnb.core.metrics import PREDICTION_COLUMNS, rank_auc, study_metrics

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from stsnb.config import TrainingConfig
+from stsnb.core.config import TrainingConfig
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.metrics import THRESHOLD
 from stsnb.training.folds import Fold

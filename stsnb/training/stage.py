@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from stsnb.config import NOT_FC_KEY, Profile, TrainingConfig, resolve_profile
 from stsnb.core.combinations import Combination, resolve_combo
+from stsnb.core.config import NOT_FC_KEY, Profile, TrainingConfig, resolve_profile
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.manifest import read_manifest, software_key, update_manifest
 from stsnb.core.metrics import PREDICTION_COLUMNS, study_metrics

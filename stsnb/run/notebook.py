@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from stsnb.config import Profile, config_table
+from stsnb.core.config import Profile, config_table
 from stsnb.core.manifest import display_path
 
 PATH_PARAMETERS = ("cohort_dir", "work_dir", "weights")

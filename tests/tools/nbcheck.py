@@ -1,6 +1,6 @@
 """Notebook hygiene: committed without outputs, with a `parameters` cell holding the contract.
 
-`python -m stsnb.nbcheck notebooks` checks; `--strip` removes outputs and execution counts.
+`python tests/tools/nbcheck.py notebooks` checks; `--strip` removes outputs and execution counts.
 """
 
 from __future__ import annotations

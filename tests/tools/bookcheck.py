@@ -1,6 +1,6 @@
 """Open the built book in headless Chromium: every page loads and every image is present.
 
-`python -m stsnb.bookcheck _build/html [--screenshot PAGE OUT.png]`. Chromium is Debian's
+`python tests/tools/bookcheck.py _build/html [--screenshot PAGE OUT.png]`. Chromium is Debian's
 (`/usr/bin/chromium`; `make browser` installs it), driven by Playwright without any download.
 """
 

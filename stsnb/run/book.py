@@ -17,8 +17,8 @@ import pandas as pd
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import manifest_table, read_manifest
 from stsnb.core.store import ensure_writable_dir, write_text_atomic
-from stsnb.notebook import markdown_table
 from stsnb.run.batch import run_training_batch
+from stsnb.run.notebook import markdown_table
 from stsnb.run.pages import (
     CHAPTERS,
     CV_CHAPTERS,
@@ -114,7 +114,7 @@ def _dry_run(name: str, cohort_dir: str | Path, work_dir: Path, profile: str, se
 def cohort_shortfall(work_dir: str | Path, profile: str = "auto", seed: int = 0) -> str | None:
     """Why the patients that chapter 02 kept cannot be cross-validated with the profile's folds
     (numbers of patients and events, and what is needed); None when they can."""
-    from stsnb.config import resolve_profile
+    from stsnb.core.config import resolve_profile
     from stsnb.curation.stage import read_cohort_table
     from stsnb.registration import final_patients
     from stsnb.training.folds import cross_validation_shortfall
@@ -129,7 +129,7 @@ def cohort_shortfall(work_dir: str | Path, profile: str = "auto", seed: int = 0)
 def write_too_small_page(generated: Path, chapter: str, shortfall: str, profile: str) -> Path:
     """The page that replaces `chapter` in the book when the cohort is too small (any executed
     notebook of that chapter from an earlier run is removed, so the book shows only this)."""
-    from stsnb.config import resolve_profile
+    from stsnb.core.config import resolve_profile
 
     resolved = resolve_profile(profile)
     name = TOO_SMALL_TRAINING_PAGE if chapter == TRAINING_CHAPTER else chapter

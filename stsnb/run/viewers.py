@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 #: Set (to anything but 0/false/no) by batch runners; the kernel inherits it from papermill's
-#: process. stsnb.book sets it for the chapters it executes.
+#: process. stsnb.run.book sets it for the chapters it executes.
 PAPERMILL_ENV = "PAPERMILL_EXECUTION"
 
 #: What the browser loads for an itkwidgets viewer, as in itkwidgets 1.0a55's viewer_config.py
@@ -187,7 +187,7 @@ def slice_view(fixed: np.ndarray, moving: np.ndarray, contour: np.ndarray | None
     magenta-green, fixed, moving); arrays are (z, y, x) on one grid."""
     import matplotlib.pyplot as plt
 
-    from .plots.registration import checkerboard, magenta_green, normalise
+    from stsnb.plots.registration import checkerboard, magenta_green, normalise
 
     a = normalise(fixed[z], _display_window(fixed, True))
     b = normalise(moving[z], _display_window(moving, False))
