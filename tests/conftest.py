@@ -45,7 +45,8 @@ def smoke_book(identified_cohort: Path,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every chapter executed by papermill on the smoke cohort (with identifying clinical
     columns), then the HTML book built."""
-    from stsnb.run.book import CHAPTERS, build_book, run_chapters
+    from stsnb.run.book import build_book, run_chapters
+    from stsnb.run.pages import CHAPTERS
 
     work_dir = tmp_path_factory.mktemp("work") / "smoke-work"
     executed = run_chapters(identified_cohort, work_dir, profile="smoke", seed=SMOKE_SEED,
@@ -70,7 +71,8 @@ def pet_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pet_run(pet_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every chapter executed by papermill on the PET/CT + T1w cohort (smoke profile)."""
-    from stsnb.run.book import CHAPTERS, run_chapters
+    from stsnb.run.book import run_chapters
+    from stsnb.run.pages import CHAPTERS
 
     work_dir = tmp_path_factory.mktemp("pet-work") / "smoke-pet-work"
     executed = run_chapters(pet_cohort, work_dir, profile="smoke", seed=SMOKE_SEED,
@@ -83,7 +85,8 @@ def pet_run(pet_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def ct_frame_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The PET/CT + T1w cohort with its T1w written in the CT's frame (`synth --mr-frame ct`:
     nothing to register), every chapter but the appendix executed by papermill (smoke)."""
-    from stsnb.run.book import CHAPTERS, run_chapters
+    from stsnb.run.book import run_chapters
+    from stsnb.run.pages import CHAPTERS
     from stsnb.synth import make_synthetic_cohort
 
     cohort = tmp_path_factory.mktemp("ct-frame-cohort") / "synthetic-ct-frame"

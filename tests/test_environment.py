@@ -94,7 +94,7 @@ def test_book_toc_lists_existing_pages():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "off"
     assert (ROOT / f"{toc['root']}.md").exists()
-    from stsnb.run.book import CHAPTERS
+    from stsnb.run.pages import CHAPTERS
 
     listed = []
     for part in toc["parts"]:

@@ -211,8 +211,8 @@ def test_a_job_s_record_changes_only_what_the_job_computed(tmp_path, monkeypatch
 def test_book_dry_run_lists_every_chapter_and_runs_nothing(tmp_path, capsys):
     """`stsnb run --dry-run` on a work dir where nothing has run: every chapter listed, chapter
     04's pages said to follow chapter 03, nothing written but the work dir itself."""
-    from stsnb.run.book import CHAPTERS
     from stsnb.run.cli import main
+    from stsnb.run.pages import CHAPTERS
 
     work = tmp_path / "work"
     assert main(["run", "--work-dir", str(work), "--profile", "smoke", "--dry-run",

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from stsnb.core.combinations import combinations_for, resolve_combo
 from stsnb.results.tables import combination_names, combination_summary, study_comparison
-from stsnb.run.book import CHAPTERS
+from stsnb.run.pages import CHAPTERS
 
 pytestmark = pytest.mark.smoke
 

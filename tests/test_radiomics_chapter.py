@@ -9,7 +9,8 @@ import pandas as pd
 from stsnb.core.metrics import rank_auc
 from stsnb.radiomics import chapter
 from stsnb.results.delong import paired_delong
-from stsnb.run.book import CHAPTERS, CV_CHAPTERS, write_too_small_page
+from stsnb.run.book import write_too_small_page
+from stsnb.run.pages import CHAPTERS, CV_CHAPTERS
 
 
 def predictions(prob: np.ndarray, label: np.ndarray, slices: int = 1) -> pd.DataFrame:

@@ -371,7 +371,7 @@ def test_a_failure_message_quotes_the_line_that_raised_not_the_cell_s_first(tmp_
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from stsnb.run.book import _cell_text
+    from stsnb.run.pages import _cell_text
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("x = None\nif x is None:\n    y = 1 / 0\nz = 2")]

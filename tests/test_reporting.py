@@ -79,7 +79,8 @@ def test_no_failure_and_bad_n_are_said_plainly():
 
 
 def test_every_cross_validated_chapter_has_a_too_small_page(tmp_path):
-    from stsnb.run.book import CHAPTERS, CV_CHAPTERS, write_too_small_page
+    from stsnb.run.book import write_too_small_page
+    from stsnb.run.pages import CHAPTERS, CV_CHAPTERS
 
     assert "09_reporting" in CV_CHAPTERS and CHAPTERS[-1] == "09_reporting"
     for chapter in CV_CHAPTERS:

@@ -46,7 +46,8 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from stsnb.run.book import CHAPTERS, run_chapters
+    from stsnb.run.book import run_chapters
+    from stsnb.run.pages import CHAPTERS
 
     chapters = tuple(args.chapters) if args.chapters else CHAPTERS
     combos = tuple(args.combos) if args.combos else None
