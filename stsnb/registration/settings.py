@@ -85,7 +85,7 @@ def validate_settings(config: RegistrationConfig, path: Path | None = None) -> R
     for ok, problem in checks:
         if not ok:
             raise _fail(path, problem, "correct the value (the profile's defaults are in "
-                        "stsnb/config.py, RegistrationConfig).")
+                        "stsnb/core/config.py, RegistrationConfig).")
     return config
 
 

@@ -321,7 +321,7 @@ def code_sharing(f: RunFacts) -> str:
 
 
 def protocol(f: RunFacts) -> str:
-    return (f"The profile '{f.profile.name}' (stsnb/config.py; every number with its source), "
+    return (f"The profile '{f.profile.name}' (stsnb/core/config.py; every number with its source), "
             "printed in full on the first page; no separate protocol document.")
 
 
