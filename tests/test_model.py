@@ -7,7 +7,7 @@ under TORCH_HOME, hash convention in the file name), exercised with a state dict
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import urllib.error
 from pathlib import Path
 
@@ -95,7 +95,7 @@ def test_weights_load_from_a_path_under_torchvision_file_name(saved_weights):
 def test_imagenet_loads_from_torch_home_with_torch_hub(saved_weights, torch_home, monkeypatch):
     path, state = saved_weights
     torch_home.mkdir(parents=True)
-    shutil.copy(path, torch_home / path.name)
+    os.link(path, torch_home / path.name)  # the same bytes, no second copy on disk
     # Our file stands for torchvision's: same URL scheme, its own hash in the name.
     monkeypatch.setitem(weights_module.IMAGENET_URLS, "vgg19",
                         f"https://download.pytorch.org/models/{path.name}")
@@ -110,7 +110,7 @@ def test_a_wrong_hash_is_a_clear_error(saved_weights, torch_home, tmp_path):
     path, _ = saved_weights
     torch_home.mkdir(parents=True)
     impostor = torch_home / "vgg19-dcbb9e9d.pth"  # torchvision's real name, other content
-    shutil.copy(path, impostor)
+    os.link(path, impostor)
     with pytest.raises(WeightsError, match="SHA-256 starts with .* but its name says dcbb9e9d"):
         build_model("imagenet")
     with pytest.raises(WeightsError, match="name says dcbb9e9d"):
