@@ -797,3 +797,27 @@ def test_every_chapter_runs_on_a_pet_ct_cohort_with_its_mr_in_the_ct_frame(ct_fr
     assert len(t1w) == len(qa) and not images["registered"].any()
     assert (t1w["dice_scanner"] >= 0.95).all(), t1w[["patient_id", "dice_scanner"]]
     assert (work / "runs" / "patient" / "combo01" / "predictions.csv").exists()
+
+
+def test_a_metric_value_without_gradient_images_is_the_same_value():
+    from stsnb.registration.history import metric_value, sampling_seed
+
+    rng = np.random.default_rng(3)
+    volume = ndimage.gaussian_filter(rng.random((40, 48, 44)), 3).astype(np.float32)
+    fixed = sitk.GetImageFromArray(volume)
+    moving = sitk.GetImageFromArray(np.roll(volume, 2, axis=2) ** 2)
+    moving.SetSpacing((1.1, 1.0, 1.2))
+    transform = sitk.Euler3DTransform()
+    transform.SetParameters((0.02, -0.01, 0.05, 1.5, -0.5, 0.8))
+
+    def method() -> sitk.ImageRegistrationMethod:
+        m = sitk.ImageRegistrationMethod()
+        m.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        m.SetMetricSamplingStrategy(m.RANDOM)
+        m.SetMetricSamplingPercentage(0.2, sampling_seed(0))
+        m.SetInterpolator(sitk.sitkLinear)
+        m.SetInitialTransform(transform, inPlace=False)
+        return m
+
+    with_gradients = method().MetricEvaluate(fixed, moving)
+    assert metric_value(method(), fixed, moving) == with_gradients < 0

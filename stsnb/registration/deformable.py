@@ -33,7 +33,7 @@ from stsnb.registration.geometry import (
     mask_box,
     near_mask,
 )
-from stsnb.registration.history import MetricRecorder, sampling_seed
+from stsnb.registration.history import MetricRecorder, metric_value, sampling_seed
 from stsnb.registration.rigid import as_float, working_image
 
 #: The deformable metric samples only CT points mapping at least this far inside the MR FOV (mm).
@@ -204,7 +204,7 @@ def _metric_as_optimised(work: sitk.Image, moving: sitk.Image, rigid: sitk.Trans
     method.SetMovingInitialTransform(rigid)
     method.SetInitialTransform(bspline, inPlace=False)
     try:
-        return float(method.MetricEvaluate(image, moving))
+        return metric_value(method, image, moving)
     except RuntimeError:
         return float("inf")
 

@@ -10,7 +10,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from stsnb.registration.errors import RegistrationError
-from stsnb.registration.history import sampling_seed
+from stsnb.registration.history import metric_value, sampling_seed
 
 LANDMARK_COLUMNS = ("name", "ct_x", "ct_y", "ct_z", "mr_x", "mr_y", "mr_z")
 
@@ -108,8 +108,8 @@ def mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Tr
     method.SetMovingInitialTransform(transform)
     method.SetInitialTransform(sitk.TranslationTransform(3), inPlace=False)
     try:
-        value = method.MetricEvaluate(sitk.Cast(fixed, sitk.sitkFloat32),
-                                      sitk.Cast(moving, sitk.sitkFloat32))
+        value = metric_value(method, sitk.Cast(fixed, sitk.sitkFloat32),
+                             sitk.Cast(moving, sitk.sitkFloat32))
     except RuntimeError:
         return float("nan")
     return float(-value)

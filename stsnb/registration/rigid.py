@@ -38,7 +38,7 @@ import SimpleITK as sitk
 from stsnb.core.config import RegistrationConfig
 from stsnb.registration.errors import RegistrationError
 from stsnb.registration.geometry import centre_mm, corners_mm, crop, index_box, near_mask
-from stsnb.registration.history import HISTORY_COLUMNS, MetricRecorder, sampling_seed
+from stsnb.registration.history import HISTORY_COLUMNS, MetricRecorder, metric_value, sampling_seed
 
 #: Margin (mm) around the MR FOV, mapped into the CT, kept when cropping the fixed image.
 FIXED_CROP_MARGIN_MM = 25.0
@@ -175,7 +175,7 @@ def _evaluate(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
     small_fixed = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, sigma) if sigma > 0
                               else fixed, [shrink] * 3)
     try:
-        return float(method.MetricEvaluate(small_fixed, moving))
+        return metric_value(method, small_fixed, moving)
     except RuntimeError:
         return float("inf")
 
@@ -312,7 +312,7 @@ def _score(image: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
     method = _method(config, seed, (1,), (0.0,), 1, mask)
     method.SetInitialTransform(transform, inPlace=False)
     try:
-        return float(method.MetricEvaluate(image, moving))
+        return metric_value(method, image, moving)
     except RuntimeError:
         return float("inf")
 
