@@ -22,9 +22,10 @@ DEVICE ?= auto
 WEIGHTS ?= auto
 BACKBONE ?= auto
 COMBOS ?=
-# where chapter 04's pages run: local (one after the other), processes (JOBS at once here) or
-# slurm (SLURM jobs through submitit, settings in SLURM_CONFIG, a TOML file)
-EXECUTOR ?= local
+# where chapter 04's pages run: auto (processes on a CPU with 2 or more cores, else local),
+# local (one after the other), processes (JOBS at once here, default 2) or slurm (SLURM jobs
+# through submitit, settings in SLURM_CONFIG, a TOML file)
+EXECUTOR ?= auto
 JOBS ?=
 SLURM_CONFIG ?=
 EXECUTOR_ARGS = --executor $(EXECUTOR) $(if $(JOBS),--jobs $(JOBS),) \

@@ -168,6 +168,8 @@ def test_slurm_settings_from_toml_and_command_line(tmp_path):
         SlurmSettings.from_toml(path)
     with pytest.raises(ConfigError, match="executor"):
         ExecutorChoice("threads")
+    with pytest.raises(SystemExit):
+        batch_args(["--executor", "threads"])
     with pytest.raises(ConfigError, match="jobs"):
         ExecutorChoice("processes", jobs=0)
 
@@ -222,3 +224,19 @@ def test_book_dry_run_lists_every_chapter_and_runs_nothing(tmp_path, capsys):
         assert name in printed
     assert "would execute every page of 04_training" in printed and "chapter 03" in printed
     assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_auto_runs_two_pages_at_once_on_a_multi_core_cpu_and_one_on_a_gpu(monkeypatch):
+    assert jobs.auto_executor("cpu", cores=2) == "processes"
+    assert jobs.auto_executor("cpu", cores=1) == "local"
+    assert jobs.auto_executor("auto", cores=4, gpu=True) == "local"
+    assert jobs.auto_executor("cuda:0", cores=16) == "local"
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 2)
+    args = batch_args([])
+    assert args.executor == "auto"
+    args.device = "cpu"
+    choice = jobs.executor_choice(args)
+    assert (choice.name, choice.jobs, choice.threads_per_job()) == ("processes", 2, 1)
+    args.device = "cuda"
+    assert jobs.executor_choice(args) == ExecutorChoice("local", 1)
+    assert jobs.executor_choice(batch_args(["--executor", "local"])).name == "local"

@@ -145,7 +145,9 @@ QUICK = Profile(
     "combination, radiomics without Moran's I and Geary's C.",
     registration=RegistrationConfig(
         rigid_iterations=100,
-        bspline_iterations=100,
+        # 80: the metric's last 20 % of iterations bought 1 % of its gain; 12 patients on
+        # 2 cores 4.30 s each instead of 5.14, TRE at most 0.15 mm worse (bench_registration)
+        bspline_iterations=80,
         bspline_samples=10000,
     ),
     preprocessing=PreprocessingConfig(max_slices_per_patient=6),

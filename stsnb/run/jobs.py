@@ -445,9 +445,10 @@ class _Immediate:
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose where chapter 04's pages run (batch and book commands)."""
-    parser.add_argument("--executor", default="local", choices=EXECUTORS,
-                        help="local: one page after the other (default); processes: --jobs "
-                        "pages at once on this machine; slurm: SLURM jobs through submitit")
+    parser.add_argument("--executor", default="auto", choices=("auto", *EXECUTORS),
+                        help="auto (default): processes on a CPU with 2 or more cores, else "
+                        "local; local: one page after the other; processes: --jobs pages at "
+                        "once on this machine; slurm: SLURM jobs through submitit")
     parser.add_argument("--jobs", type=int, default=None,
                         help="pages at once (processes: default 2; slurm: most in flight, "
                         "default 100)")
@@ -463,8 +464,34 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job (GB)")
 
 
+def auto_executor(device: str = "auto", cores: int | None = None,
+                  gpu: bool | None = None) -> str:
+    """The executor `auto` stands for: `processes` (two pages at once, each on half the cores)
+    when the pages run on a CPU with 2 or more cores, else `local`.
+
+    Two pages at once overlap one page's kernel start, imports and figures with the other's
+    convolutions and head (chapter 04 of the quick book 1.23x faster on 2 cores:
+    `benchmarks/bench_executors.py`); on a GPU the pages share one device, so they run in turn.
+    `gpu` None asks torch whether `device` 'auto' finds one.
+
+    >>> auto_executor("cpu", cores=2), auto_executor("cpu", cores=1), auto_executor("cuda", 8)
+    ('processes', 'local', 'local')
+    """
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if device.startswith("cuda") or device == "mps":
+        return "local"
+    if device == "auto" and gpu is None and cores >= 2:
+        import torch
+
+        gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return "local" if gpu or cores < 2 else "processes"
+
+
 def executor_choice(args: argparse.Namespace) -> ExecutorChoice:
-    """The executor the command line asks for."""
+    """The executor the command line asks for (`auto`: see `auto_executor`)."""
+    if args.executor == "auto":
+        args = argparse.Namespace(**{**vars(args), "executor": auto_executor(
+            getattr(args, "device", "auto"))})
     slurm = None
     if args.executor == "slurm":
         slurm = SlurmSettings.from_toml(
