@@ -52,3 +52,16 @@ class ConfigError(StsnbError, ValueError):
 
 class WeightsError(ConfigError):
     """Weights that cannot be used: missing file, wrong hash, not the network's state dict."""
+
+
+def checked_name(value: str, choices: tuple[str, ...], what: str) -> str:
+    """`value` stripped and lower case when it is one of `choices`; else a ConfigError naming
+    `what` and the choices.
+
+    >>> checked_name(" Patient ", ("patient", "slice"), "split")
+    'patient'
+    """
+    key = str(value).strip().lower()
+    if key not in choices:
+        raise ConfigError(f"Unknown {what} {value!r}: expected one of {', '.join(choices)}.")
+    return key

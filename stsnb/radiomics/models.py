@@ -40,7 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from stsnb.core.config import Profile, RadiomicsConfig, resolve_profile
-from stsnb.core.errors import ConfigError, StsnbError
+from stsnb.core.errors import ConfigError, StsnbError, checked_name
 from stsnb.core.manifest import software_key
 from stsnb.core.metrics import PREDICTION_COLUMNS, STUDY_METRICS, binary_metrics, rank_auc
 from stsnb.core.runs import (
@@ -90,11 +90,7 @@ AUC_SCORER = make_scorer(rank_auc, response_method="predict_proba")
 
 def check_model(model: str) -> str:
     """The model name, lower case; ConfigError for an unknown one."""
-    key = str(model).strip().lower()
-    if key not in RADIOMICS_MODELS:
-        raise ConfigError(f"Unknown radiomics model {model!r}: expected one of "
-                          f"{', '.join(RADIOMICS_MODELS)}.")
-    return key
+    return checked_name(model, RADIOMICS_MODELS, "radiomics model")
 
 
 def radiomics_run_dir(work_dir: str | Path, split: str, feature_set: str, model: str) -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from stsnb.core.errors import ConfigError
+from stsnb.core.errors import ConfigError, checked_name
 from stsnb.core.runs import GROUPED_SPLITS, SPLITS
 
 
@@ -54,10 +54,7 @@ class FoldPlan:
 
 def check_split(split: str) -> str:
     """The split name, lower case; ConfigError for an unknown one."""
-    key = str(split).strip().lower()
-    if key not in SPLITS:
-        raise ConfigError(f"Unknown split {split!r}: expected one of {', '.join(SPLITS)}.")
-    return key
+    return checked_name(split, SPLITS, "split")
 
 
 def patient_table(index: pd.DataFrame) -> pd.DataFrame:

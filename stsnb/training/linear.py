@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stsnb.core.errors import ConfigError
+from stsnb.core.errors import ConfigError, checked_name
 
 POOLINGS = ("global", "gtv")
 
@@ -51,9 +51,7 @@ def pool_features(values: np.ndarray, masks: np.ndarray | None = None,
     inside the slice's GTV (`masks`, bool (n, H, W)); a slice with an empty mask falls back to
     the global mean.
     """
-    key = str(pooling).strip().lower()
-    if key not in POOLINGS:
-        raise ConfigError(f"Unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}.")
+    key = checked_name(pooling, POOLINGS, "pooling")
     values = np.asarray(values)
     size = CHANNELS * CELLS * CELLS
     if values.ndim == 2 and values.shape[1] == size:

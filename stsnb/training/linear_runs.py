@@ -23,7 +23,7 @@ import pandas as pd
 
 from stsnb.core.combinations import Combination, resolve_combo
 from stsnb.core.config import Profile, TrainingConfig, resolve_profile
-from stsnb.core.errors import ConfigError
+from stsnb.core.errors import ConfigError, checked_name
 from stsnb.core.manifest import software_key
 from stsnb.core.metrics import PREDICTION_COLUMNS, rank_auc, study_metrics
 from stsnb.core.runs import GROUPED_SPLITS, RUN_RECORD, CrossValidationRun, run_dir
@@ -62,10 +62,7 @@ LINEAR_METRIC_COLUMNS = ("fold", "n_train", "n_test", "n_test_patients", "accura
 
 def check_head(head: str) -> str:
     """The head name, lower case; ConfigError for an unknown one."""
-    key = str(head).strip().lower()
-    if key not in HEADS:
-        raise ConfigError(f"Unknown head {head!r}: expected one of {', '.join(HEADS)}.")
-    return key
+    return checked_name(head, HEADS, "head")
 
 
 def linear_dir(work_dir: str | Path, split: str, number: int) -> Path:

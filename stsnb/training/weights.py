@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torchvision.models import VGG16_Weights, VGG19_Weights, vgg16, vgg19
 
-from stsnb.core.errors import ConfigError, WeightsError
+from stsnb.core.errors import ConfigError, WeightsError, checked_name
 from stsnb.core.store import hash_file
 
 BACKBONES = ("auto", "vgg19", "vgg16")
@@ -227,11 +227,7 @@ def _summary(info_source: str, backbone: str, file: str | None, digest: str | No
 
 def check_backbone(backbone: str) -> str:
     """The backbone name, lower case; ConfigError for an unknown one."""
-    key = str(backbone).strip().lower()
-    if key not in BACKBONES:
-        raise ConfigError(f"Unknown backbone {backbone!r}: expected one of "
-                          f"{', '.join(BACKBONES)}.")
-    return key
+    return checked_name(backbone, BACKBONES, "backbone")
 
 
 def _hed(seed: int, note: str | None = None) -> tuple[dict, WeightsInfo]:
