@@ -489,14 +489,13 @@ def auto_executor(device: str = "auto", cores: int | None = None,
 
 def executor_choice(args: argparse.Namespace) -> ExecutorChoice:
     """The executor the command line asks for (`auto`: see `auto_executor`)."""
-    if args.executor == "auto":
-        args = argparse.Namespace(**{**vars(args), "executor": auto_executor(
-            getattr(args, "device", "auto"))})
+    name = (auto_executor(getattr(args, "device", "auto")) if args.executor == "auto"
+            else args.executor)
     slurm = None
-    if args.executor == "slurm":
+    if name == "slurm":
         slurm = SlurmSettings.from_toml(
             args.slurm_config, partition=args.slurm_partition, time_min=args.slurm_time_min,
             gpus_per_node=args.slurm_gpus, cpus_per_task=args.slurm_cpus,
             mem_gb=args.slurm_mem_gb)
-    default_jobs = {"local": 1, "processes": 2, "slurm": 100}[args.executor]
-    return ExecutorChoice(args.executor, args.jobs or default_jobs, args.keep_going, slurm)
+    default_jobs = {"local": 1, "processes": 2, "slurm": 100}[name]
+    return ExecutorChoice(name, args.jobs or default_jobs, args.keep_going, slurm)
