@@ -10,8 +10,10 @@ whole cross-validation of the FC head in its dual form, each variant in its own 
   glibc's default allocator (every buffer above 32 MB mapped afresh and returned when freed);
 - ``shared tables, default allocator``: the products made once per feature matrix and scaled by
   each fold's factor ('rms' scaling);
-- ``shared tables, freed buffers kept`` (what the chapters run): as above, with glibc keeping
-  freed buffers for the next step (`stsnb.training.head.reuse_freed_memory`).
+- ``shared tables, freed buffers kept``: as above, with glibc keeping freed buffers for the
+  next step (`stsnb.training.head.reuse_freed_memory`);
+- ``..., fused SGD`` (what the chapters run): as above, with SGD's momentum and weight update
+  in one fused pass over each weight (`stsnb.training.loop.fused_sgd`).
 
 Prints seconds per cross-validation (best of the repeats), the ratio to the first variant, the
 epochs of each fold and the largest difference of a test probability from the first variant.
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("per-fold tables, default allocator", "shared tables, default allocator",
-            "shared tables, freed buffers kept")
+            "shared tables, freed buffers kept", "shared tables, freed buffers kept, fused SGD")
 
 
 def run_variant(work: str, combo: int, variant: str) -> dict:
@@ -45,8 +47,10 @@ def run_variant(work: str, combo: int, variant: str) -> dict:
     from stsnb.training.model import build_model
     from stsnb.training.stage import open_slices
 
-    if variant != VARIANTS[2]:
+    if variant in VARIANTS[:2]:
         loop.reuse_freed_memory = lambda: False
+    if variant != VARIANTS[3]:
+        loop.fused_sgd = lambda device: False
     if variant == VARIANTS[0]:
         def per_fold(self, fold):  # the tables as they were made before: per fold, from scratch
             train = self.values[fold.train]
@@ -105,7 +109,7 @@ def main() -> None:
     for variant in VARIANTS:
         got = results[variant]
         diff = float(np.max(np.abs(np.array(got["prob"]) - np.array(first["prob"]))))
-        print(f"{variant:36s} {got['seconds']:6.1f} s  x{first['seconds'] / got['seconds']:.2f}"
+        print(f"{variant:48s} {got['seconds']:6.1f} s  x{first['seconds'] / got['seconds']:.2f}"
               f"  epochs {got['epochs']}  max |dprob| {diff:.1e}")
 
 

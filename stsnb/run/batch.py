@@ -16,7 +16,7 @@ in processes of this machine (`processes`) or as SLURM jobs (`slurm`, through su
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,11 +102,13 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
                        splits: Sequence[str] | None = None, device: str = "auto",
                        weights: str = "auto", precision: str = "auto",
                        backbone: str = "auto", executor: ExecutorChoice | None = None,
-                       dry_run: bool = False) -> list[Path]:
+                       dry_run: bool = False,
+                       after_patient_split: Callable[[], None] | None = None) -> list[Path]:
     """Execute chapter 04 (both heads) for each (combination, split); return the notebooks.
 
     `executor` says where the pages run (default: here, one after the other); `dry_run` only
-    prints the pages that would run and those that would be skipped.
+    prints the pages that would run and those that would be skipped. `after_patient_split` is
+    called once the pages asked for first (the patient split) are done, before the controls.
     """
     executor = executor or ExecutorChoice()
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
@@ -126,6 +128,8 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
     batch = _Batch(cohort_dir, work_dir, profile, resolved, store, generated, seed, options,
                    executor, dry_run)
     outputs = batch.run(jobs)
+    if after_patient_split is not None and not dry_run:
+        after_patient_split()
     if splits is None and resolved.training.control_combos == EXTREMES:
         numbers = [n for n, _ in jobs]
         try:

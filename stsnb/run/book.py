@@ -7,8 +7,10 @@ The default work dir (`work/` in the checkout) publishes into the checkout itsel
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pandas as pd
 
 from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import manifest_table, read_manifest
-from stsnb.core.store import ensure_writable_dir, write_text_atomic
+from stsnb.core.store import ensure_writable_dir, record_timing, write_text_atomic
 from stsnb.run.batch import run_training_batch
 from stsnb.run.notebook import markdown_table
 from stsnb.run.pages import (
@@ -29,6 +31,7 @@ from stsnb.run.pages import (
     generated_dir,
     prepare_book_root,
 )
+from stsnb.run.schedule import RUN, START, WAIT, BesideChapters, chapter_plan, started_after
 
 
 def run_chapters(
@@ -44,12 +47,14 @@ def run_chapters(
     executor: Any = None,
     dry_run: bool = False,
 ) -> list[Path]:
-    """Execute each chapter in order for one cohort and work dir; return the executed notebooks.
+    """Execute the chapters for one cohort and work dir; return the executed notebooks.
 
     Chapter 04 runs as a batch: every combination (or `combos`) under the patient split, then
     the controls the profile asks for; runs already done with the same configuration are kept.
     `executor` (`stsnb.run.jobs.ExecutorChoice`) says where its pages run (default: here, one after
-    the other); every other chapter runs here, after them. `dry_run` prints what would run.
+    the other). With the `processes` executor the appendix and the radiomics chapter run beside
+    the others (`stsnb.run.schedule`); otherwise every chapter runs here in book order.
+    `dry_run` prints what would run.
     """
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
     root = book_root(work_dir)
@@ -63,33 +68,93 @@ def run_chapters(
     unknown = [c for c in chapters if c not in CHAPTERS]
     if unknown:
         raise StsnbError(f"Unknown chapter(s) {unknown}: expected some of {list(CHAPTERS)}.")
-    outputs = []
-    shortfall = None
-    for name in chapters:
-        if dry_run:
-            outputs += _dry_run(name, cohort_dir, work_dir, profile, seed, combos, device,
-                                weights, backbone, executor)
-            continue
-        if name in CV_CHAPTERS and shortfall is None:
-            shortfall = cohort_shortfall(work_dir, profile, seed) or ""
-            if shortfall:
-                print(f"[stsnb] the cohort is too small for cross-validation: {shortfall} The "
-                      f"chapters {', '.join(CV_CHAPTERS)} are replaced in the book by a page "
-                      "that says so.", flush=True)
-        if name in CV_CHAPTERS and shortfall:
-            outputs.append(write_too_small_page(generated, name, shortfall, profile))
-            continue
-        remove_too_small_page(generated, name)
-        if name == TRAINING_CHAPTER:
+    plan = chapter_plan(chapters, beside=getattr(executor, "name", "local") == "processes")
+    if dry_run:
+        outputs: list[Path] = []
+        for step, name in plan:
+            if step == START:
+                print(f"[stsnb] would execute {name} beside the other chapters", flush=True)
+            elif step == RUN:
+                outputs += _dry_run(name, cohort_dir, work_dir, profile, seed, combos, device,
+                                    weights, backbone, executor)
+        return outputs
+    started = time.perf_counter()
+    run = _ChapterRun(cohort_dir, work_dir, profile, seed, generated, parameters,
+                      BesideChapters(generated, work_dir, parameters))
+    try:
+        for step, name in plan:
+            if step == START:
+                run.start(name)
+            elif step == WAIT:
+                run.beside.collect(wait_for=[name])
+            elif name == TRAINING_CHAPTER:
+                run.beside.collect()
+                if not run.too_small(name):
+                    run.outputs += run_training_batch(
+                        cohort_dir, work_dir, profile, seed, combos=combos, device=device,
+                        weights=weights, backbone=backbone, executor=executor,
+                        after_patient_split=lambda: [run.start(n) for n in
+                                                     started_after(plan, TRAINING_CHAPTER)])
+            else:
+                run.beside.collect()
+                run.here(name, {"device": device} if name == "06_gradcam" else {})
+    except BaseException:
+        with contextlib.suppress(StsnbError):
+            run.beside.close()
+        raise
+    run.beside.close()
+    if tuple(chapters) == CHAPTERS:
+        record_timing(work_dir, CHAPTERS_WALL, time.perf_counter() - started)
+    return run.outputs
 
-            outputs += run_training_batch(cohort_dir, work_dir, profile, seed, combos=combos,
-                                          device=device, weights=weights, backbone=backbone,
-                                          executor=executor)
-            continue
-        extra = {"device": device} if name == "06_gradcam" else {}
-        print(f"[stsnb] executing {name} -> {generated / (name + '.ipynb')}", flush=True)
-        outputs.append(execute_chapter(name, generated, {**parameters, **extra}, work_dir))
-    return outputs
+
+#: timings.csv's row for the wall time of a run of every chapter (chapters that run beside the
+#: others make it shorter than the sum of the chapters' rows).
+CHAPTERS_WALL = "all chapters (wall time)"
+
+
+class _ChapterRun:
+    """One run of the chapters: where they go, the cohort-size check, the chapters beside."""
+
+    def __init__(self, cohort_dir: str | Path, work_dir: Path, profile: str, seed: int,
+                 generated: Path, parameters: dict[str, Any], beside: BesideChapters) -> None:
+        self.cohort_dir, self.work_dir, self.profile, self.seed = (cohort_dir, work_dir, profile,
+                                                                   seed)
+        self.generated, self.parameters, self.beside = generated, parameters, beside
+        self.shortfall: str | None = None
+        self.outputs: list[Path] = []
+
+    def too_small(self, name: str) -> bool:
+        """True when the cohort cannot be cross-validated and `name` needs it: the page that
+        says so stands in for the chapter."""
+        if name in CV_CHAPTERS and self.shortfall is None:
+            self.shortfall = cohort_shortfall(self.work_dir, self.profile, self.seed) or ""
+            if self.shortfall:
+                print(f"[stsnb] the cohort is too small for cross-validation: {self.shortfall} "
+                      f"The chapters {', '.join(CV_CHAPTERS)} are replaced in the book by a "
+                      "page that says so.", flush=True)
+        if name in CV_CHAPTERS and self.shortfall:
+            self.outputs.append(write_too_small_page(self.generated, name, self.shortfall,
+                                                     self.profile))
+            return True
+        remove_too_small_page(self.generated, name)
+        return False
+
+    def start(self, name: str) -> None:
+        """Start `name` beside the chapters run here (once)."""
+        if name in self.beside.running or name in self.beside.done or self.too_small(name):
+            return
+        self.beside.start(name)
+        self.outputs.append(self.generated / f"{name}.ipynb")
+
+    def here(self, name: str, extra: dict[str, Any]) -> None:
+        """Execute `name` in this process's kernel, with the cores the chapters beside leave."""
+        if self.too_small(name):
+            return
+        print(f"[stsnb] executing {name} -> {self.generated / (name + '.ipynb')}", flush=True)
+        with self.beside.here():
+            self.outputs.append(execute_chapter(name, self.generated,
+                                                {**self.parameters, **extra}, self.work_dir))
 
 
 def _dry_run(name: str, cohort_dir: str | Path, work_dir: Path, profile: str, seed: int,

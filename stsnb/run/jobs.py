@@ -56,7 +56,7 @@ class PageJob:
     combo: int
     split: str
     run: str  # what the page computes, for messages: "combination 9 (...), slice split"
-    title: str  # the executed page's first heading
+    title: str  # the executed page's first heading ("" keeps the notebook's own)
     chapter: str  # the notebook in notebooks/ that it executes
     generated: str  # folder of the executed notebooks
     work_dir: str
@@ -84,7 +84,7 @@ class JobOutcome:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def environment(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for the duration of the block (restored after)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -114,12 +114,13 @@ def run_page(job: PageJob) -> JobOutcome:
         for stale in (TIMINGS, MANIFEST, JOB_RECORD):
             (Path(job.job_dir) / stale).unlink(missing_ok=True)
     outcome = JobOutcome(job.name, host=host, log=log, started=round(time.time(), 3))
-    with _environment(env), _log_to(log):
+    with environment(env), _log_to(log):
         print(f"[stsnb] {job.name} on {host}: {job.run}, {job.threads} thread(s)", flush=True)
         try:
             executed = execute_chapter(job.chapter, Path(job.generated), job.parameters,
                                        Path(job.work_dir), stage_name=job.name, run=job.run)
-            retitle(executed, job.title)
+            if job.title:
+                retitle(executed, job.title)
             outcome.executed = str(executed)
         except StsnbError as exc:
             outcome.error = str(exc)
