@@ -1,8 +1,9 @@
 """Where the quick book's time goes on this machine: per-stage seconds of a build, registration
-seconds per patient, chapter 04's page overhead (kernel start, imports, figures: the page's
-seconds minus its features and heads), and the frozen convolutions' fp32 / bf16 throughput, with
-the CPU model. Optionally builds the book first (into a fresh work dir), with oneDNN limited to
-an ISA (``--isa AVX512_CORE_BF16`` makes an AMX CPU run its convolutions as one without AMX).
+seconds per patient, the chapters' wall time (some run beside the others), chapter 04's page
+overhead (kernel start, imports, figures: the page's seconds minus its features and heads), and
+the frozen convolutions' fp32 / bf16 throughput, with the CPU model. Optionally builds the book
+first (into a fresh work dir), with oneDNN limited to an ISA (``--isa AVX512_CORE_BF16`` makes an
+AMX CPU run its convolutions as one without AMX).
 
     .venv/bin/python benchmarks/bench_book.py --work-dir work              # a finished build
     .venv/bin/python benchmarks/bench_book.py --build /tmp/bench-work --isa AVX512_CORE_BF16
@@ -25,6 +26,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stsnb.run.book import CHAPTERS_WALL  # noqa: E402
 from stsnb.training.precision import cpu_model  # noqa: E402
 
 #: Prefixes of timings.csv stages, grouped as the README's time table shows them.
@@ -81,6 +83,12 @@ def chapter04_wall(work_dir: Path) -> tuple[float, str, int] | None:
     start = min(job["started"] for job in jobs)
     end = max(job["started"] + job["seconds"] for job in jobs)
     return end - start, str(manifest.get("executor", "")), len(jobs)
+
+
+def beside_chapters(work_dir: Path) -> list[str]:
+    """The chapters the manifest says ran beside the others (jobs that are not chapter 04's)."""
+    manifest = json.loads((work_dir / "manifest.json").read_text())
+    return [name for name in (manifest.get("jobs") or {}) if not name.startswith("04_training")]
 
 
 def registration_seconds(work_dir: Path) -> pd.Series:
@@ -146,7 +154,13 @@ def main() -> int:
                   f"{wall[0]:.0f} s of wall time")
             stages.loc[row, ["stage", "seconds"]] = ["chapter 04 (wall)", wall[0]]
         print("\nPer stage (s):\n" + stages.round(1).to_string(index=False))
-        print(f"chapters in all: {stages['seconds'].sum():.0f} s")
+        print(f"chapters in all: {stages['seconds'].sum():.0f} s (their sum)")
+        beside = beside_chapters(work_dir)
+        all_wall = timings["seconds"].get(CHAPTERS_WALL)
+        if all_wall is not None:
+            print(f"every chapter: {all_wall:.0f} s of wall time"
+                  + (f" ({', '.join(beside)} beside the others)" if beside else ""))
+            report["chapters_wall_s"] = float(all_wall)
         reg = registration_seconds(work_dir)
         stage_s = float(timings["seconds"].get("registration", float("nan")))
         print(f"\nRegistration: {len(reg)} patients in {stage_s:.0f} s, "

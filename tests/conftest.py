@@ -44,13 +44,15 @@ def identified_cohort(smoke_cohort: Path, tmp_path_factory: pytest.TempPathFacto
 def smoke_book(identified_cohort: Path,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every chapter executed by papermill on the smoke cohort (with identifying clinical
-    columns), then the HTML book built."""
+    columns) as `make book` runs them on a CPU: chapter 04's pages two at a time, the appendix
+    and the radiomics chapter beside the others; then the HTML book built."""
     from stsnb.run.book import build_book, run_chapters
+    from stsnb.run.jobs import ExecutorChoice
     from stsnb.run.pages import CHAPTERS
 
     work_dir = tmp_path_factory.mktemp("work") / "smoke-work"
     executed = run_chapters(identified_cohort, work_dir, profile="smoke", seed=SMOKE_SEED,
-                            chapters=CHAPTERS)
+                            chapters=CHAPTERS, executor=ExecutorChoice("processes", jobs=2))
     index = build_book(work_dir)
     return {"work_dir": work_dir, "index": index, "html": index.parent,
             "executed": executed[0].parent, "cohort_dir": identified_cohort}

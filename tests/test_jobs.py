@@ -240,3 +240,79 @@ def test_auto_runs_two_pages_at_once_on_a_multi_core_cpu_and_one_on_a_gpu(monkey
     args.device = "cuda"
     assert jobs.executor_choice(args) == ExecutorChoice("local", 1)
     assert jobs.executor_choice(batch_args(["--executor", "local"])).name == "local"
+
+
+def test_chapter_plan_runs_the_appendix_and_radiomics_beside_the_others():
+    """The book's order on a CPU: the appendix at once, the radiomics chapter after chapter 03
+    (beside chapter 04); the controls wait for the radiomics features, the reporting page for
+    all."""
+    from stsnb.run.pages import CHAPTERS
+    from stsnb.run.schedule import chapter_plan
+
+    plan = chapter_plan(CHAPTERS, beside=True)
+    assert plan == [("start", "07_real_cohort"), ("run", "01_data_curation"),
+                    ("run", "02_registration_qa"), ("run", "03_preprocessing"),
+                    ("start", "05b_radiomics"), ("run", "04_training"),
+                    ("run", "05_cv_results"), ("run", "06_gradcam"),
+                    ("wait", "05b_radiomics"), ("run", "08_controls"),
+                    ("wait", "07_real_cohort"), ("run", "09_reporting")]
+    assert chapter_plan(CHAPTERS, beside=False) == [("run", name) for name in CHAPTERS]
+    # a part of the book: each chapter still starts after those it reads and is waited for
+    assert chapter_plan(["02_registration_qa", "05b_radiomics", "08_controls"], beside=True) == [
+        ("run", "02_registration_qa"), ("start", "05b_radiomics"), ("wait", "05b_radiomics"),
+        ("run", "08_controls")]
+    assert chapter_plan(["05b_radiomics", "07_real_cohort"], beside=True) == [
+        ("start", "07_real_cohort"), ("start", "05b_radiomics"), ("wait", "07_real_cohort"),
+        ("wait", "05b_radiomics")]
+
+
+def test_the_smoke_book_ran_chapters_beside_each_other_and_merged_their_records(smoke_book):
+    """The shared smoke book ran as `make book` does on a CPU: the appendix and the radiomics
+    chapter in worker processes, their records merged into timings.csv and the manifest by the
+    submitting process (none left in their job folders), the radiomics chapter after chapter 03
+    and before the controls, which found its features."""
+    from stsnb.core.store import TIMINGS
+    from stsnb.run.book import CHAPTERS_WALL
+    from stsnb.run.jobs import JOB_RECORD
+
+    work = smoke_book["work_dir"]
+    manifest = read_manifest(work)
+    timings = pd.read_csv(work / TIMINGS).set_index("stage")["seconds"]
+    for name in ("07_real_cohort", "05b_radiomics"):
+        assert manifest["jobs"][name]["ok"] is True
+        assert timings[f"chapter {name}"] > 0
+        assert not [p.name for p in (work / "jobs" / name).iterdir()
+                    if p.name in (TIMINGS, MANIFEST, JOB_RECORD)]
+    pages = {k: v for k, v in manifest["jobs"].items() if k.startswith("04_training")}
+    assert len(pages) >= 2
+    radiomics = manifest["jobs"]["05b_radiomics"]  # beside chapter 04's first pages
+    assert radiomics["started"] <= min(p["started"] for p in pages.values()) + 1
+    chapters = timings[[s for s in timings.index if s.startswith("chapter ")]]
+    assert 0 < timings[CHAPTERS_WALL] < chapters.sum()
+    controls = pd.read_csv(work / "controls" / "radiomics.csv")
+    assert set(controls["kind"]) == {"positive", "negative"}
+    assert "07_real_cohort" in manifest["jobs"] and "radiomics" in manifest["stages"]
+
+
+def test_a_chapter_failing_beside_the_others_is_reported_by_name_with_its_log(tmp_path):
+    """A chapter running beside the others that fails (the appendix given a DICOM folder that
+    does not exist) raises one error naming the notebook, the failing cell and the job's log;
+    its record is merged and the executed notebook, error included, is kept."""
+    from stsnb.run.schedule import BesideChapters
+
+    work = tmp_path / "work"
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    parameters = {"cohort_dir": str(tmp_path), "work_dir": str(work), "profile": "smoke",
+                  "seed": 0, "sample_dir": str(tmp_path / "no-such-sample")}
+    beside = BesideChapters(generated, work, parameters)
+    beside.start("07_real_cohort")
+    assert list(beside.running) == ["07_real_cohort"]
+    with pytest.raises(StsnbError) as error:
+        beside.close()
+    message = str(error.value)
+    assert "07_real_cohort" in message and "no-such-sample" in message
+    assert "cell" in message and str(work / "jobs" / "07_real_cohort" / "job.log") in message
+    assert (generated / "07_real_cohort.ipynb").exists()
+    assert read_manifest(work)["jobs"]["07_real_cohort"]["ok"] is False
+    assert not (work / "jobs" / "07_real_cohort" / "job.json").exists()

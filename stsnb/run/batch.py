@@ -16,7 +16,7 @@ in processes of this machine (`processes`) or as SLURM jobs (`slurm`, through su
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,17 +102,15 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
                        splits: Sequence[str] | None = None, device: str = "auto",
                        weights: str = "auto", precision: str = "auto",
                        backbone: str = "auto", executor: ExecutorChoice | None = None,
-                       dry_run: bool = False,
-                       after_patient_split: Callable[[], None] | None = None) -> list[Path]:
+                       dry_run: bool = False) -> list[Path]:
     """Execute chapter 04 (both heads) for each (combination, split); return the notebooks.
 
     `executor` says where the pages run (default: here, one after the other); `dry_run` only
-    prints the pages that would run and those that would be skipped. `after_patient_split` is
-    called once the pages asked for first (the patient split) are done, before the controls.
+    prints the pages that would run and those that would be skipped.
     """
     executor = executor or ExecutorChoice()
     work_dir = ensure_writable_dir(Path(work_dir).resolve())
-    merged = 0 if dry_run else merge_leftover_records(work_dir, executor.name)
+    merged = 0 if dry_run else merge_leftover_records(work_dir, executor.name, prefix=CHAPTER)
     if merged:
         print(f"[stsnb] merged the records of {merged} job(s) finished in an earlier batch",
               flush=True)
@@ -128,8 +126,6 @@ def run_training_batch(cohort_dir: str | Path, work_dir: str | Path,
     batch = _Batch(cohort_dir, work_dir, profile, resolved, store, generated, seed, options,
                    executor, dry_run)
     outputs = batch.run(jobs)
-    if after_patient_split is not None and not dry_run:
-        after_patient_split()
     if splits is None and resolved.training.control_combos == EXTREMES:
         numbers = [n for n, _ in jobs]
         try:

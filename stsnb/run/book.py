@@ -20,6 +20,7 @@ from stsnb.core.errors import StsnbError
 from stsnb.core.manifest import manifest_table, read_manifest
 from stsnb.core.store import ensure_writable_dir, record_timing, write_text_atomic
 from stsnb.run.batch import run_training_batch
+from stsnb.run.jobs import merge_leftover_records
 from stsnb.run.notebook import markdown_table
 from stsnb.run.pages import (
     CHAPTERS,
@@ -31,7 +32,7 @@ from stsnb.run.pages import (
     generated_dir,
     prepare_book_root,
 )
-from stsnb.run.schedule import RUN, START, WAIT, BesideChapters, chapter_plan, started_after
+from stsnb.run.schedule import RUN, START, WAIT, BesideChapters, chapter_plan
 
 
 def run_chapters(
@@ -79,6 +80,8 @@ def run_chapters(
                                     weights, backbone, executor)
         return outputs
     started = time.perf_counter()
+    if merge_leftover_records(work_dir, getattr(executor, "name", "local")):
+        print("[stsnb] merged the records of jobs finished in an earlier run", flush=True)
     run = _ChapterRun(cohort_dir, work_dir, profile, seed, generated, parameters,
                       BesideChapters(generated, work_dir, parameters))
     try:
@@ -92,9 +95,7 @@ def run_chapters(
                 if not run.too_small(name):
                     run.outputs += run_training_batch(
                         cohort_dir, work_dir, profile, seed, combos=combos, device=device,
-                        weights=weights, backbone=backbone, executor=executor,
-                        after_patient_split=lambda: [run.start(n) for n in
-                                                     started_after(plan, TRAINING_CHAPTER)])
+                        weights=weights, backbone=backbone, executor=executor)
             else:
                 run.beside.collect()
                 run.here(name, {"device": device} if name == "06_gradcam" else {})

@@ -189,13 +189,15 @@ def merge_job_record(work_dir: str | Path, job_dir: str | Path, executor: str,
     (job_dir / JOB_RECORD).unlink(missing_ok=True)
 
 
-def merge_leftover_records(work_dir: str | Path, executor: str) -> int:
+def merge_leftover_records(work_dir: str | Path, executor: str, prefix: str = "") -> int:
     """Merge the records of jobs that finished while no submitter was there to merge them (a
     submitting process that was stopped, or jobs started by another scheduler with
-    ``STSNB_JOB_DIR`` set); return how many."""
+    ``STSNB_JOB_DIR`` set); return how many. `prefix`: only the jobs whose name starts with it
+    (chapter 04's pages: a chapter running beside them writes its own folder meanwhile)."""
     root = Path(work_dir) / "jobs"
     count = 0
-    for job_dir in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
+    for job_dir in sorted(p for p in root.glob(f"{prefix}*") if p.is_dir()) if root.exists() \
+            else []:
         if any((job_dir / name).exists() for name in (JOB_RECORD, TIMINGS, MANIFEST)):
             merge_job_record(work_dir, job_dir, executor)
             count += 1

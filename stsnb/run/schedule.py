@@ -7,7 +7,8 @@ machine with two that need nothing from them:
 - the appendix (``07_real_cohort``) imports and registers its own cohort: it starts at once, beside
   chapters 01-03;
 - the radiomics chapter (``05b_radiomics``) reads the registration and the slice store: it starts
-  once chapter 04's patient-split pages are done, beside the control pages and chapters 05 and 06.
+  after chapter 03, beside chapter 04's pages (its features are done before the controls need
+  them, so no chapter waits for it).
 
 A chapter that reads one of them waits for it (`WAITS_FOR`): the controls read the radiomics
 features, and the reporting page reads everything. Each chapter running beside writes its
@@ -31,13 +32,11 @@ from typing import Any
 from stsnb.core.errors import StsnbError
 from stsnb.run.jobs import THREAD_VARIABLES, PageJob, environment, merge_job_record, run_page
 
-#: Chapters that may run beside the others, and the chapters they start after (those of the
-#: run; "04_training" = its patient-split pages). 05b needs 01-03 and starts after chapter 04's
-#: patient split so that those pages keep both cores.
+#: Chapters that may run beside the others, and the chapters they start after (the last of
+#: those in the run; at once when none is).
 BESIDE: dict[str, tuple[str, ...]] = {
     "07_real_cohort": (),
-    "05b_radiomics": ("01_data_curation", "02_registration_qa", "03_preprocessing",
-                      "04_training"),
+    "05b_radiomics": ("01_data_curation", "02_registration_qa", "03_preprocessing"),
 }
 #: Chapters that read a chapter of BESIDE (they wait for it when it runs beside them).
 WAITS_FOR: dict[str, tuple[str, ...]] = {
@@ -62,7 +61,7 @@ def chapter_plan(chapters: Sequence[str], beside: bool) -> list[tuple[str, str]]
     [('run', '01_data_curation'), ('run', '07_real_cohort')]
     >>> chapter_plan(["03_preprocessing", "04_training", "05_cv_results", "05b_radiomics",
     ...               "08_controls", "06_gradcam"], beside=True)  # doctest: +NORMALIZE_WHITESPACE
-    [('run', '03_preprocessing'), ('run', '04_training'), ('start', '05b_radiomics'),
+    [('run', '03_preprocessing'), ('start', '05b_radiomics'), ('run', '04_training'),
      ('run', '05_cv_results'), ('run', '06_gradcam'), ('wait', '05b_radiomics'),
      ('run', '08_controls')]
     """
@@ -88,22 +87,6 @@ def chapter_plan(chapters: Sequence[str], beside: bool) -> list[tuple[str, str]]
                 started.add(other)
     plan += [(WAIT, name) for name in aside if name in started]
     return plan
-
-
-def started_after(plan: list[tuple[str, str]], name: str) -> list[str]:
-    """The chapters `plan` starts right after running `name` (chapter 04: once its
-    patient-split pages are done, before its control pages).
-
-    >>> started_after([(RUN, "04_training"), (START, "05b_radiomics"), (RUN, "05")], "04_training")
-    ['05b_radiomics']
-    """
-    following = plan[plan.index((RUN, name)) + 1:] if (RUN, name) in plan else []
-    names = []
-    for step, other in following:
-        if step != START:
-            break
-        names.append(other)
-    return names
 
 
 class BesideChapters:
