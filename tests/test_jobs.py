@@ -262,8 +262,8 @@ def test_chapter_plan_runs_the_appendix_and_radiomics_beside_the_others():
         ("run", "02_registration_qa"), ("start", "05b_radiomics"), ("wait", "05b_radiomics"),
         ("run", "08_controls")]
     assert chapter_plan(["05b_radiomics", "07_real_cohort"], beside=True) == [
-        ("start", "07_real_cohort"), ("start", "05b_radiomics"), ("wait", "07_real_cohort"),
-        ("wait", "05b_radiomics")]
+        ("start", "05b_radiomics"), ("start", "07_real_cohort"), ("wait", "05b_radiomics"),
+        ("wait", "07_real_cohort")]
 
 
 def test_the_smoke_book_ran_chapters_beside_each_other_and_merged_their_records(smoke_book):
