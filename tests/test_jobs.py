@@ -292,6 +292,11 @@ def test_the_smoke_book_ran_chapters_beside_each_other_and_merged_their_records(
     controls = pd.read_csv(work / "controls" / "radiomics.csv")
     assert set(controls["kind"]) == {"positive", "negative"}
     assert "07_real_cohort" in manifest["jobs"] and "radiomics" in manifest["stages"]
+    # the appendix's own stages kept their records in its own work dir, not the book's
+    real = work / "real_cohort" / "work"
+    assert read_manifest(real)["cohort_dir"] != manifest["cohort_dir"]
+    assert manifest["cohort_dir"].endswith(smoke_book["cohort_dir"].name)
+    assert "registration" in set(pd.read_csv(real / TIMINGS)["stage"])
 
 
 def test_a_chapter_failing_beside_the_others_is_reported_by_name_with_its_log(tmp_path):
@@ -316,3 +321,30 @@ def test_a_chapter_failing_beside_the_others_is_reported_by_name_with_its_log(tm
     assert (generated / "07_real_cohort.ipynb").exists()
     assert read_manifest(work)["jobs"]["07_real_cohort"]["ok"] is False
     assert not (work / "jobs" / "07_real_cohort" / "job.json").exists()
+
+
+def test_a_job_keeps_in_its_folder_only_the_records_of_its_own_work_dir(tmp_path, monkeypatch):
+    """Inside a job, the records of its work dir go to its own folder (merged later), while a
+    stage working on another work dir (the appendix's own cohort) writes that one as usual: the
+    book's timings and manifest never take the appendix's curation or registration."""
+    from stsnb.core.config import resolve_profile
+    from stsnb.core.manifest import update_manifest
+    from stsnb.core.store import JOB_DIR_ENV, JOB_WORK_DIR_ENV, TIMINGS, job_dir, record_timing
+
+    work, other, own = tmp_path / "work", tmp_path / "work" / "real_cohort" / "work", \
+        tmp_path / "work" / "jobs" / "07_real_cohort"
+    for folder in (work, other, own):
+        folder.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv(JOB_DIR_ENV, str(own))
+    monkeypatch.setenv(JOB_WORK_DIR_ENV, str(work))
+    assert job_dir(work) == own and job_dir(other) is None
+    record_timing(work, "chapter 07_real_cohort", 3.0)
+    record_timing(other, "registration", 7.0)
+    update_manifest(other, profile=resolve_profile("smoke"), cohort_dir=tmp_path / "sample",
+                    seed=0, stage="registration")
+    assert pd.read_csv(own / TIMINGS)["stage"].tolist() == ["chapter 07_real_cohort"]
+    assert pd.read_csv(other / TIMINGS)["stage"].tolist() == ["registration"]
+    assert "registration" in read_manifest(other)["stages"]
+    assert not (own / MANIFEST).exists() and not (work / TIMINGS).exists()
+    monkeypatch.delenv(JOB_WORK_DIR_ENV)  # a job started elsewhere: every work dir is its own
+    assert job_dir(other) == own

@@ -121,7 +121,7 @@ def read_manifest(work_dir: str | Path) -> dict[str, Any]:
     """The manifest of a work dir, or an empty dict when none exists yet (inside a batch job:
     with the entries that job has recorded so far)."""
     manifest = read_json(Path(work_dir) / MANIFEST)
-    own = job_dir()
+    own = job_dir(work_dir)
     return merge_manifest(manifest, read_json(own / MANIFEST)) if own is not None else manifest
 
 
@@ -180,7 +180,7 @@ def update_manifest(
         changes["runs"] = dict(runs)
     if precision_measurement is not None:
         changes["precision_measurement"] = precision_measurement
-    own = job_dir()
+    own = job_dir(work_dir)
     if own is not None:  # a batch job records only its changes; the submitter merges them
         write_json_atomic(own / MANIFEST, merge_manifest(read_json(own / MANIFEST), changes))
         return read_manifest(work_dir)

@@ -27,6 +27,8 @@ STAGE_RECORD = "stage.json"
 #: Set by a batch job (stsnb.run.jobs): the folder where that job writes its own timings and
 #: manifest entries, merged into the work dir's by the submitting process.
 JOB_DIR_ENV = "STSNB_JOB_DIR"
+#: The work dir whose records a job keeps in its own folder (others are written as usual).
+JOB_WORK_DIR_ENV = "STSNB_JOB_WORK_DIR"
 TIMINGS = "timings.csv"  # seconds per stage, in the work dir (or a batch job's own folder)
 MANIFEST = "manifest.json"  # the run manifest (stsnb.core.manifest), in the work dir
 _UMASK = os.umask(0)
@@ -296,16 +298,23 @@ def require_free_space(path: str | Path, need_bytes: int, what: str,
         )
 
 
-def job_dir() -> Path | None:
-    """The running batch job's own record folder (``STSNB_JOB_DIR``), None outside a job."""
+def job_dir(work_dir: str | Path | None = None) -> Path | None:
+    """The running batch job's own record folder (``STSNB_JOB_DIR``) for the records of its
+    work dir (``STSNB_JOB_WORK_DIR``); None outside a job, and for the records of another work
+    dir (the appendix's own cohort), which go to that work dir as usual."""
     value = os.environ.get(JOB_DIR_ENV, "")
-    return Path(value) if value else None
+    if not value:
+        return None
+    own = os.environ.get(JOB_WORK_DIR_ENV, "")
+    if work_dir is not None and own and Path(work_dir).resolve() != Path(own).resolve():
+        return None
+    return Path(value)
 
 
 def record_timing(work_dir: str | Path, stage: str, seconds: float) -> Path:
     """Set the row of `stage` in `work_dir/timings.csv` (stage, seconds), keeping the others;
     inside a batch job, in the job's own ``timings.csv`` (merged by the submitting process)."""
-    path = (job_dir() or Path(work_dir)) / TIMINGS
+    path = (job_dir(work_dir) or Path(work_dir)) / TIMINGS
     if path.exists():
         table = pd.read_csv(path)
         table = table[table["stage"] != stage]

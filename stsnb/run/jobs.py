@@ -29,6 +29,7 @@ import pandas as pd
 from stsnb.core.errors import ConfigError, StsnbError
 from stsnb.core.store import (
     JOB_DIR_ENV,
+    JOB_WORK_DIR_ENV,
     MANIFEST,
     TIMINGS,
     read_json,
@@ -110,6 +111,7 @@ def run_page(job: PageJob) -> JobOutcome:
     if job.job_dir:
         Path(job.job_dir).mkdir(parents=True, exist_ok=True)
         env[JOB_DIR_ENV] = job.job_dir
+        env[JOB_WORK_DIR_ENV] = str(Path(job.work_dir).resolve())
         log = str(Path(job.job_dir) / JOB_LOG)
         for stale in (TIMINGS, MANIFEST, JOB_RECORD):
             (Path(job.job_dir) / stale).unlink(missing_ok=True)
