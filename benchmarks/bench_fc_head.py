@@ -1,4 +1,4 @@
-"""The FC head's cross-validation (chapter 04's and chapter 08's unit of work), three ways.
+"""The FC head's cross-validation (chapter 04's and chapter 08's unit of work), four ways.
 
     .venv/bin/python benchmarks/bench_fc_head.py --work work [--combo 1] [--repeats 2]
 
