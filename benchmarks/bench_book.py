@@ -26,6 +26,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stsnb.core.manifest import read_manifest  # noqa: E402
 from stsnb.run.book import CHAPTERS_WALL  # noqa: E402
 from stsnb.training.precision import cpu_model  # noqa: E402
 
@@ -75,7 +76,7 @@ def page_table(timings: pd.DataFrame) -> pd.DataFrame:
 def chapter04_wall(work_dir: Path) -> tuple[float, str, int] | None:
     """(wall seconds from the first page's start to the last page's end, executor, pages) from
     the manifest's jobs, or None when it names none (pages that overlap sum to more)."""
-    manifest = json.loads((work_dir / "manifest.json").read_text())
+    manifest = read_manifest(work_dir)
     jobs = [job for name, job in (manifest.get("jobs") or {}).items()
             if name.startswith("04_training") and "started" in job]
     if not jobs:
@@ -87,7 +88,7 @@ def chapter04_wall(work_dir: Path) -> tuple[float, str, int] | None:
 
 def beside_chapters(work_dir: Path) -> list[str]:
     """The chapters the manifest says ran beside the others (jobs that are not chapter 04's)."""
-    manifest = json.loads((work_dir / "manifest.json").read_text())
+    manifest = read_manifest(work_dir)
     return [name for name in (manifest.get("jobs") or {}) if not name.startswith("04_training")]
 
 

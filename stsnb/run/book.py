@@ -69,7 +69,8 @@ def run_chapters(
     unknown = [c for c in chapters if c not in CHAPTERS]
     if unknown:
         raise StsnbError(f"Unknown chapter(s) {unknown}: expected some of {list(CHAPTERS)}.")
-    plan = chapter_plan(chapters, beside=getattr(executor, "name", "local") == "processes")
+    executor_name = getattr(executor, "name", "local")
+    plan = chapter_plan(chapters, beside=executor_name == "processes")
     if dry_run:
         outputs: list[Path] = []
         for step, name in plan:
@@ -80,7 +81,7 @@ def run_chapters(
                                     weights, backbone, executor)
         return outputs
     started = time.perf_counter()
-    if merge_leftover_records(work_dir, getattr(executor, "name", "local")):
+    if merge_leftover_records(work_dir, executor_name):
         print("[stsnb] merged the records of jobs finished in an earlier run", flush=True)
     run = _ChapterRun(cohort_dir, work_dir, profile, seed, generated, parameters,
                       BesideChapters(generated, work_dir, parameters))
@@ -142,8 +143,8 @@ class _ChapterRun:
         return False
 
     def start(self, name: str) -> None:
-        """Start `name` beside the chapters run here (once)."""
-        if name in self.beside.running or name in self.beside.done or self.too_small(name):
+        """Start `name` beside the chapters run here (the plan starts each chapter once)."""
+        if self.too_small(name):
             return
         self.beside.start(name)
         self.outputs.append(self.generated / f"{name}.ipynb")

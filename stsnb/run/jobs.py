@@ -83,6 +83,10 @@ class JobOutcome:
     def ok(self) -> bool:
         return not self.error
 
+    def report(self) -> str:
+        """What failed, with the job's log when it has one."""
+        return self.error + (f" Job log: {self.log}." if self.log else "")
+
 
 @contextlib.contextmanager
 def environment(values: dict[str, str]) -> Iterator[None]:
@@ -198,8 +202,7 @@ def merge_leftover_records(work_dir: str | Path, executor: str, prefix: str = ""
     (chapter 04's pages: a chapter running beside them writes its own folder meanwhile)."""
     root = Path(work_dir) / "jobs"
     count = 0
-    for job_dir in sorted(p for p in root.glob(f"{prefix}*") if p.is_dir()) if root.exists() \
-            else []:
+    for job_dir in sorted(p for p in root.glob(f"{prefix}*") if p.is_dir()):
         if any((job_dir / name).exists() for name in (JOB_RECORD, TIMINGS, MANIFEST)):
             merge_job_record(work_dir, job_dir, executor)
             count += 1
@@ -419,7 +422,7 @@ def execute_jobs(jobs: Sequence[PageJob], choice: ExecutorChoice,
         close()
     failed = [o for o in outcomes if not o.ok]
     if failed:
-        lines = [f"- {o.error}" + (f" Job log: {o.log}." if o.log else "") for o in failed]
+        lines = [f"- {o.report()}" for o in failed]
         raise StsnbError(f"{len(failed)} of {len(jobs)} chapter-04 job(s) failed "
                          f"({choice.name} executor):\n" + "\n".join(lines))
     return outcomes

@@ -92,10 +92,8 @@ def chapter_plan(chapters: Sequence[str], beside: bool) -> list[tuple[str, str]]
 class BesideChapters:
     """Chapters executed in worker processes beside this one, each in its own job folder."""
 
-    def __init__(self, generated: Path, work_dir: Path, parameters: dict[str, Any],
-                 executor: str = "processes") -> None:
+    def __init__(self, generated: Path, work_dir: Path, parameters: dict[str, Any]) -> None:
         self.generated, self.work_dir, self.parameters = generated, work_dir, parameters
-        self.executor = executor
         self.running: dict[str, Future] = {}
         self.done: set[str] = set()
         self._pool: ProcessPoolExecutor | None = None
@@ -137,10 +135,9 @@ class BesideChapters:
                 errors.append(f"{name} (running beside the other chapters) did not finish: "
                               f"{type(exc).__name__}: {str(exc).strip()[-600:]}")
                 continue
-            merge_job_record(self.work_dir, self.work_dir / "jobs" / name, self.executor,
-                             outcome)
+            merge_job_record(self.work_dir, self.work_dir / "jobs" / name, "processes", outcome)
             if not outcome.ok:
-                errors.append(outcome.error + (f" Job log: {outcome.log}." if outcome.log else ""))
+                errors.append(outcome.report())
         if errors:
             raise StsnbError("\n".join(errors))
 
